@@ -1,0 +1,211 @@
+"""``curate tiny-models DIR``: small random-weight models of the real architectures.
+
+They are saved with ``save_pretrained`` in the layouts the real checkpoints use and loaded back by the
+pipeline through exactly the code that loads the real ones:
+
+- ``DIR/llava``: ``LlavaForConditionalGeneration`` (CLIP vision tower + Llama LM) with a
+  ``LlavaProcessor`` (PIL CLIP image processor, BPE tokenizer with ``<image>`` and llava-hf's chat
+  template), like ``llava-hf/llava-1.5-7b-hf``.
+- ``DIR/pixart_sigma`` and ``DIR/pixart_alpha``: diffusers pipeline folders like
+  ``PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers`` / ``PixArt-alpha/PixArt-XL-2-1024-MS``:
+  ``tokenizer/`` (a SentencePiece model loaded as ``T5Tokenizer``, as PixArt's repos ship it),
+  ``text_encoder/`` (``T5EncoderModel``), ``vae/`` (``AutoencoderKL``), ``transformer/``
+  (``PixArtTransformer2DModel``), ``scheduler/``.
+
+Weights are random: captions are gibberish and samples are noise. The point is that every code path,
+shape and file format is the real one.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import random
+from pathlib import Path
+
+import torch
+
+T5_DIM = 32
+_SEED = 0
+
+_WORDS = (
+    "a an the this that of in on at with and or by from to under over near behind beside above below "
+    "photo photograph image picture painting drawing illustration render portrait landscape close-up view "
+    "man woman child person people dog cat horse bird fish coffee cup table chair window door house street "
+    "city tree forest mountain river lake sea sky cloud sun moon star night day light shadow color colour "
+    "red green blue yellow black white gray brown orange purple pink golden silver bright dark soft sharp "
+    "detailed highly realistic cinematic vintage modern old new small large tall wide round square "
+    "wooden metal glass stone paper fabric rocket astronaut space planet galaxy telescope coin coins camera "
+    "motorcycle bicycle car road building bridge text page book letter number style texture pattern "
+    "background foreground center left right top bottom edge corner describe caption given very manner "
+    "its and style is are was has have two three several many one single group pair sitting standing lying "
+    "holding wearing looking smiling walking flying floating shining reflecting surrounded covered filled"
+).split()
+
+
+def _corpus(lines: int = 3000) -> list[str]:
+    rng = random.Random(_SEED)
+    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 24))) for _ in range(lines)]
+
+
+def _t5_tokenizer(directory: Path):
+    """Train a small unigram SentencePiece model with T5's special ids and load it as ``T5Tokenizer``."""
+    import sentencepiece as spm
+    from transformers import T5Tokenizer
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_corpus()),
+        model_writer=model,
+        vocab_size=200,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        character_coverage=1.0,
+        minloglevel=2,
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    spiece = directory / "spiece.model"
+    spiece.write_bytes(model.getvalue())
+    # Loading from the folder (not ``T5Tokenizer(vocab_file=...)``) runs the real spiece conversion.
+    tokenizer = T5Tokenizer.from_pretrained(directory, extra_ids=100)
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def _t5_encoder(vocab_size: int):
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=vocab_size, d_model=T5_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
+        use_cache=False, tie_word_embeddings=False,
+    )
+    return T5EncoderModel(config)
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=4,
+        block_out_channels=(8, 8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=256, scaling_factor=0.13025,
+    )
+
+
+def _transformer(sample_size: int):
+    from diffusers import PixArtTransformer2DModel
+
+    return PixArtTransformer2DModel(
+        sample_size=sample_size, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=2,
+        in_channels=4, out_channels=8, caption_channels=T5_DIM, cross_attention_dim=16, attention_bias=True,
+        activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
+        norm_elementwise_affine=False, norm_eps=1e-6, interpolation_scale=None,
+        use_additional_conditions=False,
+    )
+
+
+def write_pixart_pipeline(directory: Path, flavor: str) -> Path:
+    """A diffusers PixArt pipeline folder (tokenizer, text_encoder, vae, transformer, scheduler)."""
+    from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtSigmaPipeline
+
+    torch.manual_seed(_SEED)
+    tokenizer = _t5_tokenizer(directory / "tokenizer")
+    pipeline_class = PixArtSigmaPipeline if flavor == "sigma" else PixArtAlphaPipeline
+    pipeline = pipeline_class(
+        tokenizer=tokenizer,
+        text_encoder=_t5_encoder(len(tokenizer)),
+        vae=_vae(),
+        transformer=_transformer(sample_size=32),
+        scheduler=DPMSolverMultistepScheduler(),
+    )
+    pipeline.save_pretrained(directory)
+    return directory
+
+
+def _llava_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials, show_progress=False)
+    backend.train_from_iterator(itertools.chain(_corpus(), ["USER: ASSISTANT: \" , . ' \n"]), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"}, padding_side="left", add_bos_token=True,
+    )
+
+
+# llava-hf's chat template (llava-1.5): "USER: <image>\n{text} ASSISTANT:"
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
+    "{% endif %}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def write_llava(directory: Path) -> Path:
+    from transformers import (
+        CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
+    )
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    torch.manual_seed(_SEED)
+    tokenizer = _llava_tokenizer()
+    image_size, patch = 32, 8
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1,  # CLS, as llava-hf
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        image_size=image_size, patch_size=patch, projection_dim=16,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default", vision_feature_layer=-2, image_seq_length=(image_size // patch) ** 2,
+    )
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def write_tiny_models(directory: str | Path) -> dict[str, Path]:
+    """Write every tiny model under ``directory``; returns {name: path}."""
+    root = Path(directory)
+    return {
+        "llava": write_llava(root / "llava"),
+        "pixart_sigma": write_pixart_pipeline(root / "pixart_sigma", "sigma"),
+        "pixart_alpha": write_pixart_pipeline(root / "pixart_alpha", "alpha"),
+    }
+
+
+def ensure_tiny_models(directory: str | Path) -> Path:
+    """Create the tiny models once (a marker file says they are complete)."""
+    root = Path(directory)
+    marker = root / ".complete"
+    if not marker.exists():
+        write_tiny_models(root)
+        marker.write_text("ok\n")
+    return root

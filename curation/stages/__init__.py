@@ -1,0 +1,1 @@
+"""Pipeline stages: small Ray-agnostic classes (declared resources, ``setup()``, per-batch work)."""

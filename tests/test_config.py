@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+
+from curation.config import ConfigError, apply_override, fingerprint, load_config, parse_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _minimal() -> dict:
+    model = {"path": "some/model"}
+    return {"caption": {"model": model}, "t5": {"model": model}, "vae": {"model": model}}
+
+
+@pytest.mark.parametrize("name", ["demo", "pixart_alpha_1024", "pixart_sigma_1024", "pixart_sigma_2k"])
+def test_every_bundled_recipe_validates(name):
+    config = load_config(CONFIGS / f"{name}.yaml")
+    assert config.caption.model.path
+    assert config.t5.max_length in (120, 300)
+
+
+def test_presets_carry_the_flavor_rules():
+    alpha = load_config(CONFIGS / "pixart_alpha_1024.yaml")
+    sigma = load_config(CONFIGS / "pixart_sigma_1024.yaml")
+    sigma2k = load_config(CONFIGS / "pixart_sigma_2k.yaml")
+    assert (alpha.t5.max_length, alpha.t5.caption_cleaning, alpha.vae.scale_factor) == (120, "alpha", 0.18215)
+    assert alpha.vae.model.path == "stabilityai/sd-vae-ft-ema" and alpha.filter.max_aspect_ratio == 4.0
+    assert (sigma.t5.max_length, sigma.t5.caption_cleaning, sigma.vae.scale_factor) == (300, "none", 0.13025)
+    assert sigma.vae.model.subfolder == "vae" and sigma.filter.max_aspect_ratio == 4.5
+    assert (sigma.vae.aspect_ratios, sigma2k.vae.aspect_ratios, sigma2k.vae.interpolation) == (1024, 2048, "lanczos")
+
+
+def test_unknown_key_is_reported_with_its_path():
+    data = _minimal()
+    data["caption"]["max_new_tokenz"] = 5
+    with pytest.raises(ConfigError, match=r"caption\.max_new_tokenz: unknown key"):
+        parse_config(data)
+
+
+def test_nested_unknown_key_in_resources():
+    data = _minimal()
+    data["vae"]["resources"] = {"gpus": 1}
+    with pytest.raises(ConfigError, match=r"vae\.resources\.gpus: unknown key"):
+        parse_config(data)
+
+
+def test_set_overrides_parse_yaml_values():
+    data = _minimal()
+    apply_override(data, "caption.max_new_tokens=77")
+    apply_override(data, "input=[a, b]")
+    apply_override(data, "vae.resources.num_gpus=0.5")
+    config = parse_config(data)
+    assert config.caption.max_new_tokens == 77
+    assert config.input == ["a", "b"]
+    assert config.vae.resources.num_gpus == 0.5
+
+
+def test_bad_override_and_bad_gpu_fraction():
+    with pytest.raises(ConfigError):
+        apply_override(_minimal(), "no-equals-sign")
+    data = _minimal()
+    apply_override(data, "t5.resources.num_gpus=1.5")
+    with pytest.raises(ConfigError, match="num_gpus"):
+        parse_config(data)
+
+
+def test_fingerprint_ignores_sizing_but_not_output_shaping_settings():
+    base = parse_config(_minimal())
+    resized = _minimal()
+    resized["caption"]["resources"] = {"num_workers": 7, "batch_size": 3}
+    resized["output"] = "elsewhere"
+    assert fingerprint(parse_config(resized)) == fingerprint(base)
+    longer = _minimal()
+    longer["t5"]["max_length"] = 120
+    assert fingerprint(parse_config(longer)) != fingerprint(base)
