@@ -1,0 +1,221 @@
+"""CaptionStage on the tiny random-weight LLaVA (real processor, chat template and generate path)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from curation.config import CaptionConfig, ModelRef, Resources
+from curation.records import FAILED, OK, REJECTED, Row, mark, new_row
+from curation.stages.caption import CaptionStage, caption_prompt, decode_image, merged_captions
+
+MAX_NEW_TOKENS = 12
+
+
+def caption_config(tiny_models: Path, **overrides) -> CaptionConfig:
+    fields = dict(
+        model=ModelRef(path=str(tiny_models / "llava"), device="cpu", dtype="float32"),
+        resources=Resources(num_gpus=0, batch_size=8),
+        max_new_tokens=MAX_NEW_TOKENS,
+    )
+    fields.update(overrides)
+    return CaptionConfig(**fields)
+
+
+def ready_stage(tiny_models: Path, **overrides) -> CaptionStage:
+    stage = CaptionStage(caption_config(tiny_models, **overrides))
+    stage.setup()
+    return stage
+
+
+def image_bytes(size: tuple[int, int], color: str, fmt: str = "JPEG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def image_row(key: str, size: tuple[int, int] = (64, 48), color: str = "red", alt: str | None = None) -> Row:
+    return new_row(key, f"mem://{key}", image_bytes(size, color), alt=alt)
+
+
+def captions_of(row: Row) -> dict[str, str]:
+    return json.loads(row["captions"])
+
+
+@pytest.fixture(scope="module")
+def stage(tiny_models: Path) -> CaptionStage:
+    return ready_stage(tiny_models)
+
+
+def test_prompt_uses_alt_text_when_present(tiny_models: Path) -> None:
+    config = caption_config(tiny_models)
+    assert caption_prompt(config, "a red car") == (
+        'Given the caption of this image "a red car", describe this image and its style in a very detailed manner.'
+    )
+    assert caption_prompt(config, None) == config.prompt
+    assert caption_prompt(config, "   ") == config.prompt
+
+
+def test_prompt_templates_come_from_config(tiny_models: Path) -> None:
+    config = caption_config(tiny_models, prompt="Describe.", prompt_with_alt="Alt is <{alt}>. Describe.")
+    assert caption_prompt(config, " {braces} ") == "Alt is <{braces}>. Describe."
+    assert caption_prompt(config, "") == "Describe."
+
+
+def test_decode_image_shrinks_longest_side_keeping_aspect() -> None:
+    big_jpeg = image_bytes((3000, 1000), "green")
+    assert decode_image(big_jpeg, 300).size == (300, 100)
+    small_png = image_bytes((40, 30), "blue", fmt="PNG")
+    assert decode_image(small_png, 300).size == (40, 30)  # never enlarged
+
+
+def test_batch_of_three_sizes_gets_captions_and_keeps_alt(stage: CaptionStage) -> None:
+    rows = [
+        image_row("wide", (320, 90), "red", alt="a red banner"),
+        image_row("tall", (50, 200), "blue"),
+        image_row("square", (128, 128), "yellow", alt="sun"),
+    ]
+    assert stage.process_batch(rows) is rows
+    for row in rows:
+        assert row["status"] == OK
+        assert captions_of(row)["dense"].strip() != ""
+        assert row["caption_status"] in {"ok", "truncated"}
+    assert captions_of(rows[0])["alt"] == "a red banner"
+    assert "alt" not in captions_of(rows[1])
+    assert captions_of(rows[2])["alt"] == "sun"
+
+
+@pytest.fixture(scope="module")
+def right_padded_llava(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny LLaVA saved with a right-padding tokenizer, as some real checkpoints ship."""
+    copy = tmp_path_factory.mktemp("right_padded") / "llava"
+    shutil.copytree(tiny_models / "llava", copy)
+    tokenizer_config = copy / "tokenizer_config.json"
+    settings = json.loads(tokenizer_config.read_text())
+    settings["padding_side"] = "right"
+    tokenizer_config.write_text(json.dumps(settings))
+    return copy
+
+
+def test_left_padding_caption_independent_of_batch_neighbours(tiny_models: Path, right_padded_llava: Path) -> None:
+    stage = ready_stage(tiny_models, model=ModelRef(path=str(right_padded_llava), device="cpu", dtype="float32"))
+    assert stage.processor.tokenizer.padding_side == "left"
+    alone = image_row("target", (80, 60), "purple")
+    stage.process_batch([alone])
+    long_alt = "a very long alt text " * 6
+    batched_target = image_row("target", (80, 60), "purple")
+    batch = [image_row("n1", (30, 90), "white", alt=long_alt), batched_target, image_row("n2", alt=long_alt)]
+    stage.process_batch(batch)
+    assert batched_target["status"] == OK
+    assert captions_of(batched_target)["dense"] == captions_of(alone)["dense"]
+
+
+def test_corrupt_image_fails_alone(stage: CaptionStage) -> None:
+    good_before, good_after = image_row("good1"), image_row("good2", (90, 40), "black")
+    corrupt = new_row("broken", "mem://broken", b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    stage.process_batch([good_before, corrupt, good_after])
+    assert corrupt["status"] == FAILED
+    assert corrupt["stage"] == "caption"
+    assert corrupt["captions"] is None
+    for row in (good_before, good_after):
+        assert row["status"] == OK
+        assert captions_of(row)["dense"]
+
+
+def test_failing_generation_is_retried_row_by_row(stage: CaptionStage, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_generate = stage._generate
+
+    def generate_refusing_poison(prompts: list[str], images: list[Image.Image]) -> torch.Tensor:
+        if any("poison" in prompt for prompt in prompts):
+            raise RuntimeError("out of memory")
+        return real_generate(prompts, images)
+
+    monkeypatch.setattr(stage, "_generate", generate_refusing_poison)
+    rows = [image_row("a"), image_row("b", alt="poison"), image_row("c")]
+    stage.process_batch(rows)
+    assert [row["status"] for row in rows] == [OK, FAILED, OK]
+    assert "out of memory" in rows[1]["detail"]
+
+
+def test_small_token_budget_marks_caption_truncated(tiny_models: Path) -> None:
+    stage = ready_stage(tiny_models, max_new_tokens=2)
+    row = image_row("short")
+    stage.process_batch([row])
+    assert row["status"] == OK
+    assert row["caption_status"] == "truncated"
+    assert captions_of(row)["dense"]
+
+
+def test_caption_ending_with_eos_is_ok(tiny_models: Path) -> None:
+    stage = ready_stage(tiny_models, max_new_tokens=3)
+    # EOS forced as the last allowed token: two caption tokens, then a proper end.
+    stage.model.generation_config.forced_eos_token_id = stage.processor.tokenizer.eos_token_id
+    row = image_row("ends")
+    stage.process_batch([row])
+    assert row["status"] == OK
+    assert row["caption_status"] == "ok"
+    assert captions_of(row)["dense"]
+
+
+def test_empty_caption_fails_the_row(tiny_models: Path) -> None:
+    stage = ready_stage(tiny_models, max_new_tokens=1)
+    # Forcing end-of-sequence as the only new token makes the model produce an empty caption.
+    stage.model.generation_config.forced_eos_token_id = stage.processor.tokenizer.eos_token_id
+    row = image_row("mute")
+    stage.process_batch([row])
+    assert row["status"] == FAILED
+    assert row["reason"] == "empty_caption"
+    assert row["caption_status"] == "empty"
+    assert row["captions"] is None
+
+
+def test_existing_captions_are_merged(stage: CaptionStage) -> None:
+    row = image_row("merge", alt="a lamp")
+    row["captions"] = json.dumps({"short": "lamp", "dense": "stale"})
+    stage.process_batch([row])
+    captions = captions_of(row)
+    assert captions["short"] == "lamp"
+    assert captions["alt"] == "a lamp"
+    assert captions["dense"] not in {"stale", ""}
+
+
+def test_merged_captions_puts_primary_first() -> None:
+    merged = json.loads(merged_captions('{"other": "x"}', "dense", "a cat", "cat"))
+    assert list(merged) == ["dense", "alt", "other"]
+
+
+def test_non_ok_rows_pass_through_untouched(stage: CaptionStage) -> None:
+    rejected = mark(image_row("small"), REJECTED, "filter", "too_small")
+    failed = mark(image_row("bad"), FAILED, "filter", "error", "boom")
+    snapshots = [dict(rejected), dict(failed)]
+    live = image_row("live")
+    out = stage.process_batch([rejected, live, failed])
+    assert out == [rejected, live, failed]
+    assert [rejected, failed] == snapshots
+    assert live["captions"] is not None
+
+
+def test_sampling_is_seeded_per_row(tiny_models: Path) -> None:
+    stage = ready_stage(tiny_models, do_sample=True, temperature=1.0)
+    first = [image_row("s1"), image_row("s2", alt="x")]
+    second = [image_row("s0", (40, 40), "white"), image_row("s1")]
+    stage.process_batch(first)
+    stage.process_batch(second)
+    assert captions_of(second[1])["dense"] == captions_of(first[0])["dense"]
+
+
+def test_device_and_dtype_follow_config(stage: CaptionStage, tiny_models: Path) -> None:
+    assert stage.model.dtype == torch.float32
+    assert stage.model.device.type == "cpu"
+    assert not stage.model.training
+    bf16 = ready_stage(tiny_models, model=ModelRef(path=str(tiny_models / "llava"), device="cpu", dtype="bfloat16"))
+    assert bf16.model.dtype == torch.bfloat16
+    row = image_row("bf16")
+    bf16.process_batch([row])  # pixel values must be cast to the model dtype
+    assert row["status"] == OK, row["detail"]
