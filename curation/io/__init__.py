@@ -1,0 +1,1 @@
+"""Input readers, dataset keys and the shard writer."""

@@ -1,0 +1,445 @@
+"""Output dataset: webdataset shards + parquet index + rejects, written atomically and resumably.
+
+Layout under the output dir (local path or any fsspec URL, e.g. ``s3://bucket/ds``)::
+
+    shards/{run_id}-{task:05d}-{n:04d}.tar   samples (KEY.jpg|png|webp, KEY.json, KEY.txt, KEY.t5.npy, KEY.vae.npy)
+    index/{run_id}-{task:05d}-{n:04d}.parquet one row per sample of the shard of the same stem
+    rejects/{run_id}-{task:05d}.parquet       rejected and failed rows of one write task
+    _run/state.json                           fingerprint of the run in progress
+    manifest.json                             written last by ``finalize``: its presence means "complete"
+
+Every file is written under a temporary name in its final directory and renamed when complete.
+A shard's index is written after its tar, so a tar without an index is an interrupted write:
+``prepare_output`` deletes it and its samples are redone on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+import tarfile
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from typing import IO, TYPE_CHECKING, Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
+from ray.data import Datasink
+from ray.data.block import Block, BlockAccessor
+
+from curation.records import FAILED, REJECTED, Row, is_ok, mark
+
+if TYPE_CHECKING:
+    from ray.data._internal.execution.interfaces import TaskContext
+    from ray.data.datasource.datasink import WriteResult
+
+SHARDS_DIR, INDEX_DIR, REJECTS_DIR, RUN_DIR, REPORT_DIR = "shards", "index", "rejects", "_run", "report"
+MANIFEST = "manifest.json"
+STATE = f"{RUN_DIR}/state.json"
+TMP_PREFIX = ".tmp-"
+IMAGE_EXTS = ("jpg", "png", "webp")
+MANIFEST_FORMAT = 1
+# Fixed member mtime (2000-01-01): the same samples always give byte-identical tars.
+TAR_MTIME = 946_684_800
+
+INDEX_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.string()),  # tar file name under shards/
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("bucket", pa.string()),
+        ("bucket_h", pa.int32()),
+        ("bucket_w", pa.int32()),
+        ("caption", pa.string()),  # the primary (dense) caption
+        ("t5_tokens", pa.int32()),
+        ("t5_truncated", pa.bool_()),
+        ("sha256", pa.string()),
+        ("phash", pa.string()),
+        ("source", pa.string()),
+    ]
+)
+REJECTS_SCHEMA = pa.schema([(name, pa.string()) for name in ("key", "source", "stage", "reason", "detail", "status")])
+_RUN_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class OutputConflictError(RuntimeError):
+    """The output directory holds a dataset built with another configuration."""
+
+
+# ---------------------------------------------------------------- filesystem helpers
+
+
+def filesystem(output_dir: str) -> tuple[AbstractFileSystem, str]:
+    fs, root = fsspec.core.url_to_fs(output_dir)
+    return fs, root.rstrip("/")
+
+
+def list_names(fs: AbstractFileSystem, directory: str, suffix: str = "") -> list[str]:
+    """Sorted file names in ``directory`` ending with ``suffix``, temp files excluded; [] if absent."""
+    try:
+        paths = fs.ls(directory, detail=False)
+    except FileNotFoundError:
+        return []
+    names = (posixpath.basename(p.rstrip("/")) for p in paths)
+    return sorted(n for n in names if n.endswith(suffix) and not n.startswith(TMP_PREFIX))
+
+
+def atomic_write(fs: AbstractFileSystem, path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Run ``write`` on a temp file next to ``path``, then rename it to ``path``."""
+    directory, name = posixpath.split(path)
+    fs.makedirs(directory, exist_ok=True)
+    temp = posixpath.join(directory, f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}")
+    try:
+        with fs.open(temp, "wb") as file:
+            write(file)
+        fs.mv(temp, path)
+    except BaseException:
+        if fs.exists(temp):
+            fs.rm(temp)
+        raise
+
+
+def write_json(fs: AbstractFileSystem, path: str, data: dict[str, Any]) -> None:
+    payload = json.dumps(data, indent=2, ensure_ascii=False, default=str).encode("utf-8")
+    atomic_write(fs, path, lambda file: file.write(payload))
+
+
+def read_json(fs: AbstractFileSystem, path: str) -> dict[str, Any] | None:
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as file:
+        return json.load(file)
+
+
+def _write_parquet(fs: AbstractFileSystem, path: str, table: pa.Table) -> None:
+    atomic_write(fs, path, lambda file: pq.write_table(table, file))
+
+
+# ---------------------------------------------------------------- one sample
+
+
+def parse_json_field(value: str | None) -> dict[str, Any]:
+    return json.loads(value) if value else {}
+
+
+def _image_ext(row: Row) -> str:
+    ext = (row.get("image_ext") or "").lower().lstrip(".")
+    return "jpg" if ext == "jpeg" else ext
+
+
+def incomplete_fields(row: Row) -> list[str]:
+    """What an OK row lacks to become a sample (an upstream bug; the row fails instead of the task)."""
+    required = ("image", "t5", "vae", "width", "height", "bucket", "bucket_h", "bucket_w", "t5_tokens")
+    missing = [name for name in required if row.get(name) is None]
+    if _image_ext(row) not in IMAGE_EXTS:
+        missing.append("image_ext")
+    if "dense" not in parse_json_field(row.get("captions")):
+        missing.append('captions["dense"]')
+    return missing
+
+
+def sample_metadata(row: Row) -> dict[str, Any]:
+    """The ``KEY.json`` member."""
+    return {
+        "key": row["key"],
+        "source": row["source"],
+        "width": row["width"],
+        "height": row["height"],
+        "bucket": row["bucket"],
+        "bucket_hw": [row["bucket_h"], row["bucket_w"]],
+        "captions": parse_json_field(row["captions"]),
+        "caption_status": row["caption_status"],
+        "t5_tokens": row["t5_tokens"],
+        "t5_truncated": row["t5_truncated"],
+        "sha256": row["sha256"],
+        "phash": row["phash"],
+        "filter_notes": parse_json_field(row["filter_notes"]),
+    }
+
+
+def tar_sample(row: Row) -> dict[str, Any]:
+    """A sample for ``TarWriter(encoder=False)``: every value is already bytes, so nothing is re-encoded."""
+    meta = sample_metadata(row)
+    return {
+        "__key__": row["key"],
+        _image_ext(row): bytes(row["image"]),
+        "json": json.dumps(meta, ensure_ascii=False).encode("utf-8"),
+        "txt": meta["captions"]["dense"].encode("utf-8"),
+        "t5.npy": bytes(row["t5"]),
+        "vae.npy": bytes(row["vae"]),
+    }
+
+
+def index_record(row: Row, shard: str) -> dict[str, Any]:
+    record = {name: row.get(name) for name in INDEX_SCHEMA.names}
+    record.update(shard=shard, caption=parse_json_field(row["captions"])["dense"])
+    return record
+
+
+def reject_record(row: Row) -> dict[str, Any]:
+    return {name: row.get(name) for name in REJECTS_SCHEMA.names}
+
+
+# ---------------------------------------------------------------- write tasks
+
+
+def _write_tar(file: IO[bytes], rows: list[Row]) -> None:
+    from webdataset.writer import TarWriter  # webdataset imports torch: only write tasks pay for it
+
+    with TarWriter(file, encoder=False, mtime=TAR_MTIME) as writer:
+        for row in rows:
+            writer.write(tar_sample(row))
+
+
+def write_shard(fs: AbstractFileSystem, root: str, stem: str, rows: list[Row]) -> str:
+    """Tar first, then its index: an index always describes a complete tar. Returns the tar name."""
+    tar_name = f"{stem}.tar"
+    atomic_write(fs, f"{root}/{SHARDS_DIR}/{tar_name}", lambda file: _write_tar(file, rows))
+    index = pa.Table.from_pylist([index_record(row, tar_name) for row in rows], schema=INDEX_SCHEMA)
+    _write_parquet(fs, f"{root}/{INDEX_DIR}/{stem}.parquet", index)
+    return tar_name
+
+
+def _block_rows(blocks: Iterable[Block]) -> Iterator[Row]:
+    for block in blocks:
+        yield from BlockAccessor.for_block(block).to_arrow().to_pylist()
+
+
+def _check_ok_row(row: Row) -> None:
+    if is_ok(row) and (missing := incomplete_fields(row)):
+        mark(row, FAILED, "writer", "incomplete_row", "missing: " + ", ".join(missing))
+
+
+class ShardSink(Datasink[dict[str, Any]]):
+    """Writes each Ray write task's rows as shards of ``samples_per_shard`` plus one rejects file.
+
+    ``run_id`` must differ between runs on the same output (e.g. the start time): names are
+    ``{run_id}-{task_idx}-...``, so a retried task rewrites its own files and a new run never
+    overwrites an earlier run's shards.
+    """
+
+    def __init__(self, output_dir: str, samples_per_shard: int, run_id: str) -> None:
+        if samples_per_shard < 1:
+            raise ValueError("samples_per_shard must be >= 1")
+        if not _RUN_ID.match(run_id):
+            raise ValueError(f"run_id {run_id!r} may only hold [A-Za-z0-9_.-]")
+        self.output_dir = output_dir
+        self.samples_per_shard = samples_per_shard
+        self.run_id = run_id
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.samples_per_shard
+
+    def write(self, blocks: Iterable[Block], ctx: TaskContext) -> dict[str, Any]:
+        fs, root = filesystem(self.output_dir)
+        prefix = f"{self.run_id}-{ctx.task_idx:05d}"
+        pending: list[Row] = []
+        shards: list[str] = []
+        rejects: list[dict[str, Any]] = []
+        written = 0
+        for row in _block_rows(blocks):
+            _check_ok_row(row)
+            if not is_ok(row):
+                rejects.append(reject_record(row))
+                continue
+            pending.append(row)
+            if len(pending) == self.samples_per_shard:
+                shards.append(write_shard(fs, root, f"{prefix}-{len(shards):04d}", pending))
+                written, pending = written + len(pending), []
+        if pending:
+            shards.append(write_shard(fs, root, f"{prefix}-{len(shards):04d}", pending))
+            written += len(pending)
+        if rejects:
+            table = pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA)
+            _write_parquet(fs, f"{root}/{REJECTS_DIR}/{prefix}.parquet", table)
+        statuses = Counter(record["status"] for record in rejects)
+        return {"written": written, "rejected": statuses[REJECTED], "failed": statuses[FAILED], "shards": shards}
+
+    def on_write_complete(self, write_result: WriteResult) -> None:
+        """Nothing: the driver calls ``finalize`` once the whole pipeline has finished."""
+
+
+# ---------------------------------------------------------------- reading the layout back
+
+
+def _read_dir_table(output_dir: str, subdir: str, schema: pa.Schema, columns: list[str] | None) -> pa.Table:
+    fs, root = filesystem(output_dir)
+    names = list_names(fs, f"{root}/{subdir}", ".parquet")
+    wanted = columns or schema.names
+    tables = [pq.read_table(f"{root}/{subdir}/{name}", columns=wanted, filesystem=fs) for name in names]
+    if not tables:
+        return pa.schema([schema.field(name) for name in wanted]).empty_table()
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def read_index(output_dir: str, columns: list[str] | None = None) -> pa.Table:
+    return _read_dir_table(output_dir, INDEX_DIR, INDEX_SCHEMA, columns)
+
+
+def read_rejects(output_dir: str, columns: list[str] | None = None) -> pa.Table:
+    return _read_dir_table(output_dir, REJECTS_DIR, REJECTS_SCHEMA, columns)
+
+
+def iter_tar_samples(file: IO[bytes]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Stream ``(key, {extension: bytes})`` groups in tar order, like webdataset's grouping.
+
+    A key that reappears after another key yields a second group (the caller can flag it).
+    """
+    key, members = None, {}
+    with tarfile.open(fileobj=file, mode="r|") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            base = posixpath.basename(info.name)
+            member_key, _, extension = base.partition(".")
+            if member_key != key and members:
+                yield key, members
+                members = {}
+            key = member_key
+            members[extension] = tar.extractfile(info).read()
+    if members:
+        yield key, members
+
+
+# ---------------------------------------------------------------- driver-side: prepare, resume, finalize
+
+
+def _recorded_fingerprint(fs: AbstractFileSystem, root: str) -> str | None:
+    for path in (f"{root}/{MANIFEST}", f"{root}/{STATE}"):
+        recorded = read_json(fs, path)
+        if recorded is not None:
+            return recorded.get("fingerprint")
+    return None
+
+
+def _remove_if_exists(fs: AbstractFileSystem, path: str) -> None:
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def _delete_dataset(fs: AbstractFileSystem, root: str) -> None:
+    """Only the files this module writes: anything else in the directory is left alone."""
+    for name in (SHARDS_DIR, INDEX_DIR, REJECTS_DIR, RUN_DIR, REPORT_DIR, MANIFEST):
+        _remove_if_exists(fs, f"{root}/{name}")
+
+
+def _remove_temp_files(fs: AbstractFileSystem, root: str) -> None:
+    for directory in (root, *(f"{root}/{d}" for d in (SHARDS_DIR, INDEX_DIR, REJECTS_DIR, RUN_DIR, REPORT_DIR))):
+        try:
+            paths = fs.ls(directory, detail=False)
+        except FileNotFoundError:
+            continue
+        for path in paths:
+            if posixpath.basename(path.rstrip("/")).startswith(TMP_PREFIX):
+                fs.rm(path, recursive=True)
+
+
+def _remove_unpaired_shards(fs: AbstractFileSystem, root: str) -> None:
+    """A tar without index was interrupted; an index without tar lost its data. Both get redone."""
+    tars = {name.removesuffix(".tar") for name in list_names(fs, f"{root}/{SHARDS_DIR}", ".tar")}
+    indexes = {name.removesuffix(".parquet") for name in list_names(fs, f"{root}/{INDEX_DIR}", ".parquet")}
+    for stem in tars - indexes:
+        fs.rm(f"{root}/{SHARDS_DIR}/{stem}.tar")
+    for stem in indexes - tars:
+        fs.rm(f"{root}/{INDEX_DIR}/{stem}.parquet")
+
+
+def prepare_output(output_dir: str, fingerprint: str, overwrite: bool = False) -> None:
+    """Make ``output_dir`` ready for a (possibly resumed) run with config ``fingerprint``.
+
+    A dataset of another fingerprint is refused unless ``overwrite``, which deletes it. With the same
+    fingerprint the run resumes: leftovers of interrupted writes are removed, finished shards stay.
+    """
+    fs, root = filesystem(output_dir)
+    recorded = _recorded_fingerprint(fs, root)
+    if recorded is not None and recorded != fingerprint:
+        if not overwrite:
+            raise OutputConflictError(
+                f"{output_dir} holds a dataset built with config fingerprint {recorded}, this run's is "
+                f"{fingerprint}: choose another output or pass --overwrite to delete it"
+            )
+        _delete_dataset(fs, root)
+    _remove_temp_files(fs, root)
+    _remove_unpaired_shards(fs, root)
+    _remove_if_exists(fs, f"{root}/{MANIFEST}")  # the dataset is in flux until finalize() writes it again
+    write_json(fs, f"{root}/{STATE}", {"fingerprint": fingerprint, "prepared_at": _now()})
+
+
+def done_keys(output_dir: str) -> set[str]:
+    """Keys a resumed run skips: written or rejected. Failed keys are retried."""
+    keys = set(read_index(output_dir, ["key"])["key"].to_pylist())
+    rejects = read_rejects(output_dir, ["key", "status"]).to_pydict()
+    keys.update(key for key, status in zip(rejects["key"], rejects["status"], strict=True) if status == REJECTED)
+    return keys
+
+
+def _not_written_outcomes(written: set[str], rejects: dict[str, list]) -> dict[str, tuple[str, str]]:
+    """key -> (status, reason) for keys never written; a rejection wins over a failure (it is final)."""
+    outcomes: dict[str, tuple[str, str]] = {}
+    for key, status, reason in zip(rejects["key"], rejects["status"], rejects["reason"], strict=True):
+        if key in written or outcomes.get(key, ("",))[0] == REJECTED:
+            continue
+        outcomes[key] = (status, reason or "")
+    return outcomes
+
+
+def _bucket_order(bucket: str) -> tuple[float, str]:
+    try:
+        return float(bucket), bucket
+    except ValueError:
+        return float("inf"), bucket
+
+
+def _histogram(values: Iterable[str], order: Callable[[str], Any] | None = None) -> dict[str, int]:
+    counts = Counter(values)
+    return {value: counts[value] for value in sorted(counts, key=order or (lambda v: (-counts[v], v)))}
+
+
+def dataset_summary(output_dir: str) -> dict[str, Any]:
+    """Counts, reason and bucket histograms and the shard list, from the index and rejects files."""
+    index = read_index(output_dir, ["key", "shard", "bucket"]).to_pydict()
+    rejects = read_rejects(output_dir, ["key", "status", "reason"]).to_pydict()
+    bucket_of = dict(zip(index["key"], index["bucket"], strict=True))
+    outcomes = _not_written_outcomes(set(bucket_of), rejects)
+    statuses = Counter(status for status, _ in outcomes.values())
+    counts = {"written": len(bucket_of), "rejected": statuses[REJECTED], "failed": statuses[FAILED]}
+    return {
+        "counts": {"input": sum(counts.values()), **counts},
+        "reject_reasons": _histogram(reason for status, reason in outcomes.values() if status == REJECTED),
+        "failure_reasons": _histogram(reason for status, reason in outcomes.values() if status != REJECTED),
+        "buckets": _histogram(bucket_of.values(), _bucket_order),
+        "shards": sorted(set(index["shard"])),
+    }
+
+
+def finalize(output_dir: str, manifest_fields: dict[str, Any]) -> dict[str, Any]:
+    """Write ``manifest.json`` (last, atomically): caller's fields + the summary computed here."""
+    fs, root = filesystem(output_dir)
+    manifest = {"format_version": MANIFEST_FORMAT, **manifest_fields, **dataset_summary(output_dir)}
+    write_json(fs, f"{root}/{MANIFEST}", manifest)
+    return manifest
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+__all__ = [
+    "INDEX_SCHEMA",
+    "REJECTS_SCHEMA",
+    "OutputConflictError",
+    "ShardSink",
+    "done_keys",
+    "finalize",
+    "iter_tar_samples",
+    "prepare_output",
+    "read_index",
+    "read_rejects",
+]
