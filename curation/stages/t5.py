@@ -1,0 +1,112 @@
+"""T5 caption features: real tokens only (caption tokens + EOS), float16, as PixArt's loaders pad them.
+
+PixArt encodes each caption padded to ``max_length`` and keeps the attention mask. Because T5's encoder
+masks padding out of attention, the real-token rows do not depend on how much padding follows, so we
+sort captions by length and pad each micro-batch only to its longest caption: the same features for a
+fraction of the compute on short captions (tested against the padded-to-max_length procedure).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from curation.config import T5Config
+from curation.models.loading import pretrained_kwargs, resolve_device, resolve_dtype
+from curation.records import Row
+from curation.stages.base import Stage
+from curation.text import prepare_t5_text
+
+Encoded = tuple[np.ndarray, int, bool]  # (features [n_tokens, D], n_tokens, truncated)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``.npy`` file contents, never a pickle."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def load_t5_tokenizer(config: T5Config):
+    """``T5Tokenizer`` as PixArt-Σ loads it; ``AutoTokenizer`` for repos that only ship another kind."""
+    from transformers import AutoTokenizer, T5Tokenizer
+
+    kwargs = pretrained_kwargs(config.model, config.tokenizer_subfolder)
+    try:
+        return T5Tokenizer.from_pretrained(config.model.path, **kwargs)
+    except (OSError, ValueError, TypeError):
+        return AutoTokenizer.from_pretrained(config.model.path, **kwargs)
+
+
+class T5Stage(Stage):
+    name = "t5"
+    uses_model: ClassVar[bool] = True
+
+    def __init__(self, config: T5Config) -> None:
+        super().__init__(config.resources)
+        self.config = config
+        self.tokenizer = None
+        self.encoder = None
+        self.device = torch.device("cpu")
+
+    def setup(self) -> None:
+        from transformers import T5EncoderModel
+
+        self.device = resolve_device(self.config.model.device)
+        dtype = resolve_dtype(self.config.model.dtype, self.device)
+        self.tokenizer = load_t5_tokenizer(self.config)
+        kwargs = pretrained_kwargs(self.config.model, self.config.encoder_subfolder)
+        self.encoder = T5EncoderModel.from_pretrained(self.config.model.path, dtype=dtype, **kwargs)
+        self.encoder.to(self.device).eval()
+
+    def encode(self, texts: list[str], dtype: type[np.floating] = np.float16) -> list[Encoded]:
+        """Encode texts as given (no cleaning here), in input order; features are ``dtype`` (float16 stored)."""
+        if not texts:
+            return []
+        if self.encoder is None:
+            self.setup()
+        full_lengths = self._untruncated_lengths(texts)
+        order = sorted(range(len(texts)), key=lambda i: full_lengths[i], reverse=True)
+        results: list[Encoded | None] = [None] * len(texts)
+        batch_size = self.resources.batch_size
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            features = self._encode_batch([texts[i] for i in indices])
+            for index, array in zip(indices, features, strict=True):
+                truncated = full_lengths[index] > self.config.max_length
+                results[index] = (array.astype(dtype), array.shape[0], truncated)
+        return results
+
+    def _untruncated_lengths(self, texts: list[str]) -> list[int]:
+        """Token counts including EOS, before truncation (so over-long captions can be flagged)."""
+        encoded = self.tokenizer(texts, padding=False, truncation=False, add_special_tokens=True, verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    @torch.inference_mode()
+    def _encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """One micro-batch padded to its longest caption; returns each caption's real-token rows (float32)."""
+        tokens = self.tokenizer(
+            texts,
+            padding="longest",
+            truncation=True,
+            max_length=self.config.max_length,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+        mask = tokens["attention_mask"].to(self.device)
+        hidden = self.encoder(input_ids=tokens["input_ids"].to(self.device), attention_mask=mask).last_hidden_state
+        hidden, real = hidden.float().cpu().numpy(), mask.bool().cpu().numpy()
+        # Selecting by mask (not ``[:count]``) also holds for a tokenizer that pads on the left.
+        return [hidden[row][real[row]] for row in range(len(texts))]
+
+    def process_rows(self, rows: list[Row]) -> None:
+        self.isolate_failures(rows, self._encode_rows)
+
+    def _encode_rows(self, rows: list[Row]) -> None:
+        texts = [prepare_t5_text(json.loads(row["captions"])["dense"], self.config.caption_cleaning) for row in rows]
+        for row, (features, n_tokens, truncated) in zip(rows, self.encode(texts), strict=True):
+            row.update(t5=npy_bytes(features), t5_tokens=n_tokens, t5_truncated=truncated)

@@ -1,0 +1,195 @@
+"""VAE stage: PixArt's cover-resize + centre-crop pixels, batched per bucket, mean ‖ std latents."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from curation.buckets import bucket_for
+from curation.config import ModelRef, Resources, VAEConfig
+from curation.records import FAILED, OK, new_row
+from curation.stages.vae import VAEStage, bucket_pixels, center_crop_box, cover_size
+
+BASE_SIZE = 256
+# Stored float16 vs the fp32 one-image reference: fp16 rounding is < 2**-11 relative, batching ~1e-6.
+ATOL, RTOL = 1e-3, 1e-3
+
+
+def noise_image(height: int, width: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, len(mode)), dtype=np.uint8), mode)
+
+
+def encoded(image: Image.Image, fmt: str = "PNG", **save_args) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **save_args)
+    return buffer.getvalue()
+
+
+def image_row(key: str, height: int, width: int, seed: int = 0) -> dict:
+    row = new_row(key, f"test/{key}", encoded(noise_image(height, width, seed)))
+    bucket, (bucket_h, bucket_w) = bucket_for(height, width, BASE_SIZE)
+    row.update(width=width, height=height, bucket=bucket, bucket_h=bucket_h, bucket_w=bucket_w)
+    return row
+
+
+def normalised(image: Image.Image) -> np.ndarray:
+    return (np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255 - 0.5) / 0.5
+
+
+@pytest.fixture(scope="module")
+def stage(tiny_models: Path) -> VAEStage:
+    config = VAEConfig(
+        model=ModelRef(path=str(tiny_models / "pixart_sigma"), subfolder="vae", device="cpu", dtype="float32"),
+        resources=Resources(batch_size=2),
+        aspect_ratios=BASE_SIZE,
+    )
+    vae = VAEStage(config)
+    vae.setup()
+    return vae
+
+
+@torch.inference_mode()
+def one_image_reference(stage: VAEStage, image: Image.Image, bucket_hw: tuple[int, int]) -> np.ndarray:
+    posterior = stage.vae.encode(bucket_pixels(image, bucket_hw)[None]).latent_dist
+    return torch.cat([posterior.mean, posterior.std], dim=1)[0].numpy()
+
+
+# --- pixels -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "bucket_hw", "resized", "box"),
+    [
+        # th/h > tw/w: height fits, width int(800*256/600)=341; left = round(42.5) = 42 (round half to even)
+        (600, 800, (256, 256), (256, 341), (42, 0, 298, 256)),
+        # th/h < tw/w: width fits, height int(900*192/500)=345; top = round(12.5) = 12
+        (900, 500, (320, 192), (345, 192), (0, 12, 192, 332)),
+        # already the bucket's ratio: no crop
+        (1000, 600, (320, 192), (320, 192), (0, 0, 192, 320)),
+        # upscale of a small image: height fits, width int(80*320/100)=256; left = 24
+        (100, 80, (320, 208), (320, 256), (24, 0, 232, 320)),
+        # width fits, int() floors the height: int(500*208/333) = int(312.31) = 312; top = 4
+        (500, 333, (304, 208), (312, 208), (0, 4, 208, 308)),
+    ],
+)
+def test_cover_size_and_crop_match_pixart_arithmetic(height, width, bucket_hw, resized, box) -> None:
+    assert cover_size(height, width, bucket_hw) == resized
+    assert center_crop_box(*resized, bucket_hw) == box
+
+
+def test_bucket_pixels_is_resize_then_centre_crop_then_normalise() -> None:
+    image = noise_image(600, 800, seed=1)
+    expected = normalised(image.resize((341, 256), Image.Resampling.BICUBIC).crop((42, 0, 298, 256)))
+
+    pixels = bucket_pixels(image, (256, 256))
+
+    assert pixels.dtype == torch.float32 and tuple(pixels.shape) == (3, 256, 256)
+    np.testing.assert_allclose(pixels.numpy(), expected, rtol=0, atol=1e-6)
+    assert pixels.min() >= -1 and pixels.max() <= 1
+
+
+@pytest.mark.parametrize(("width", "left"), [(300, 22), (301, 22), (303, 24)])  # 22.5 -> 22, 23.5 -> 24
+def test_crop_is_centred_when_no_resize_is_needed(width: int, left: int) -> None:
+    image = noise_image(256, width, seed=2)
+
+    pixels = bucket_pixels(image, (256, 256))
+
+    np.testing.assert_array_equal(pixels.numpy(), normalised(image)[:, :, left : left + 256])
+
+
+def test_lanczos_interpolation_is_used_when_configured() -> None:
+    image = noise_image(600, 800, seed=3)
+    crop = (42, 0, 298, 256)
+    lanczos = normalised(image.resize((341, 256), Image.Resampling.LANCZOS).crop(crop))
+
+    pixels = bucket_pixels(image, (256, 256), "lanczos").numpy()
+
+    np.testing.assert_allclose(pixels, lanczos, rtol=0, atol=1e-6)
+    assert not np.allclose(pixels, bucket_pixels(image, (256, 256), "bicubic").numpy())
+
+
+def test_every_bucket_gets_its_exact_size_from_many_image_sizes() -> None:
+    rng = np.random.default_rng(4)
+    image = noise_image(8, 8)
+    for height, width in rng.integers(40, 1200, size=(60, 2)):
+        key, bucket_hw = bucket_for(int(height), int(width), BASE_SIZE)
+        resized_h, resized_w = cover_size(int(height), int(width), bucket_hw)
+        assert resized_h >= bucket_hw[0] and resized_w >= bucket_hw[1]
+        assert resized_h == bucket_hw[0] or resized_w == bucket_hw[1]
+        pixels = bucket_pixels(image.resize((int(width), int(height))), bucket_hw)
+        assert tuple(pixels.shape) == (3, *bucket_hw), key
+
+
+# --- latents ----------------------------------------------------------------------------------------
+
+
+def test_batched_latents_equal_one_image_encodes_across_three_buckets(stage: VAEStage, monkeypatch) -> None:
+    sizes = [(300, 300), (300, 500), (500, 300), (400, 400), (240, 400), (280, 280), (550, 330)]
+    rows = [image_row(f"k{i}", h, w, seed=i) for i, (h, w) in enumerate(sizes)]
+    buckets = Counter((row["bucket_h"], row["bucket_w"]) for row in rows)
+    assert buckets == {(256, 256): 3, (192, 320): 2, (320, 192): 2}
+    references = [
+        one_image_reference(stage, Image.open(io.BytesIO(row["image"])), (row["bucket_h"], row["bucket_w"]))
+        for row in rows
+    ]
+    batch_shapes = spy_on_encode(stage, monkeypatch)
+
+    stage.process_batch(rows)
+
+    # one shape per encode call, at most batch_size images: 3 -> 2 + 1, 2, 2
+    assert sorted(batch_shapes) == sorted([(2, 3, 256, 256), (1, 3, 256, 256), (2, 3, 192, 320), (2, 3, 320, 192)])
+    for row, expected in zip(rows, references, strict=True):
+        stored = np.load(io.BytesIO(row["vae"]), allow_pickle=False)
+        h, w = row["bucket_h"], row["bucket_w"]
+        assert row["status"] == OK
+        assert stored.dtype == np.float16 and stored.shape == (8, h // 8, w // 8)
+        assert (stored[4:] > 0).all(), "std channels must be positive"
+        np.testing.assert_allclose(stored.astype(np.float32), expected, rtol=RTOL, atol=ATOL)
+
+
+def spy_on_encode(stage: VAEStage, monkeypatch) -> list[tuple[int, ...]]:
+    shapes: list[tuple[int, ...]] = []
+    original = stage.vae.encode
+
+    def recording_encode(x, *args, **kwargs):
+        shapes.append(tuple(x.shape))
+        return original(x, *args, **kwargs)
+
+    monkeypatch.setattr(stage.vae, "encode", recording_encode)
+    return shapes
+
+
+def test_exif_rotated_image_is_encoded_upright(stage: VAEStage) -> None:
+    stored = noise_image(200, 300, seed=7)  # raw pixels 300 wide; orientation 6 makes it 200x300 upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    row = new_row("rotated", "test/rotated", encoded(stored, "JPEG", exif=exif, quality=95))
+    _, (bucket_h, bucket_w) = bucket_for(300, 200, BASE_SIZE)
+    row.update(width=200, height=300, bucket_h=bucket_h, bucket_w=bucket_w)
+
+    stage.process_batch([row])
+
+    upright = Image.open(io.BytesIO(row["image"])).transpose(Image.Transpose.ROTATE_270)
+    expected = one_image_reference(stage, upright, (bucket_h, bucket_w))
+    latent = np.load(io.BytesIO(row["vae"]), allow_pickle=False)
+    assert bucket_h > bucket_w and latent.shape == (8, bucket_h // 8, bucket_w // 8)
+    np.testing.assert_allclose(latent.astype(np.float32), expected, rtol=RTOL, atol=ATOL)
+
+
+def test_a_row_whose_image_disagrees_with_its_size_fails_alone(stage: VAEStage) -> None:
+    good, liar, broken, other = (image_row(k, 300, 300, seed=i) for i, k in enumerate(["a", "b", "c", "d"]))
+    liar["width"] = 299
+    broken["image"] = b"not an image"
+
+    stage.process_batch([good, liar, broken, other])
+
+    assert [row["status"] for row in (good, liar, broken, other)] == [OK, FAILED, FAILED, OK]
+    assert liar["stage"] == "vae" and "299" in liar["detail"]
+    assert good["vae"] is not None and other["vae"] is not None
