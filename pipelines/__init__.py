@@ -1,0 +1,1 @@
+"""Pipeline builders (config -> Ray Data graph) and Ray job entry points."""

@@ -1,0 +1,155 @@
+"""The text-to-image curation pipeline: read → filter → caption → VAE → T5 → shards.
+
+``build`` turns a config into the Ray Data graph; ``run`` prepares the output, executes the graph on
+the connected Ray (embedded local unless ``RAY_ADDRESS`` / ``ray.address`` says otherwise) and writes
+the manifest last.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import uuid
+from datetime import UTC, datetime
+from importlib import metadata
+
+import pyarrow as pa
+import ray
+import ray.data
+
+from curation.config import RunConfig, fingerprint
+from curation.io import readers, writer
+from curation.models.loading import provenance
+from curation.models.tiny import ensure_tiny_models
+from curation.records import rows_to_table
+from curation.stages.caption import CaptionStage
+from curation.stages.filter import FilterStage
+from curation.stages.t5 import T5Stage
+from curation.stages.vae import VAEStage
+from pipelines.ray_stages import apply_stage
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK_ROWS = 64  # rows per block out of a read task: bounds block size for tar/parquet inputs
+_PACKAGES = ("pixart-curation", "torch", "transformers", "diffusers", "ray", "webdataset", "pyarrow", "pillow")
+
+
+def read_units(table: pa.Table, reader_config, done_ref: list) -> pa.Table:
+    """Ray task: expand read units into sample rows, skipping keys an earlier run already finished."""
+    done = _cached_done_keys(done_ref[0])
+    for unit_json in table.column("unit").to_pylist():
+        chunk = []
+        for row in readers.iter_unit(json.loads(unit_json), reader_config):
+            if row["key"] in done:
+                continue
+            chunk.append(row)
+            if len(chunk) >= READ_CHUNK_ROWS:
+                yield rows_to_table(chunk)
+                chunk = []
+        if chunk:
+            yield rows_to_table(chunk)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_done_keys(ref) -> frozenset[str]:
+    return frozenset(ray.get(ref))
+
+
+def build(config: RunConfig, units: list[dict], done_keys: set[str]) -> ray.data.Dataset:
+    """The Ray Data graph for one run; executed by ``write_datasink`` (lazy until then)."""
+    done_ref = ray.put(sorted(done_keys))
+    dataset = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=max(1, len(units)))
+    dataset = dataset.map_batches(
+        read_units,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"reader_config": config.reader, "done_ref": [done_ref]},
+        num_cpus=1,
+    )
+    for factory in stage_factories(config):
+        dataset = apply_stage(dataset, factory)
+    return dataset
+
+
+def stage_factories(config: RunConfig) -> list:
+    """The stages in data-flow order; each factory builds a stage inside its worker."""
+    return [
+        functools.partial(FilterStage, config.filter, config.vae.aspect_ratios),
+        functools.partial(CaptionStage, config.caption),
+        functools.partial(VAEStage, config.vae),
+        functools.partial(T5Stage, config.t5),
+    ]
+
+
+def run(config: RunConfig, overwrite: bool = False) -> dict:
+    """Execute the pipeline and return the manifest."""
+    if not config.input:
+        raise ValueError("no input: give --input URI or set `input:` in the config")
+    if not config.output:
+        raise ValueError("no output: give --output DIR or set `output:` in the config")
+    if config.tiny_models_dir:
+        ensure_tiny_models(config.tiny_models_dir)
+    started = _now()
+    run_fingerprint = fingerprint(config)
+    writer.prepare_output(config.output, run_fingerprint, overwrite)
+    units = readers.plan_inputs(config.input, config.reader)
+    done = writer.done_keys(config.output)
+    run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    log.info("run %s: %d read units, %d samples already done", run_id, len(units), len(done))
+    _init_ray(config)
+    dataset = build(config, units, done)
+    dataset.write_datasink(
+        writer.ShardSink(config.output, config.writer.samples_per_shard, run_id),
+        concurrency=config.writer.num_workers,
+    )
+    return writer.finalize(config.output, _manifest_fields(config, run_fingerprint, run_id, started))
+
+
+def _init_ray(config: RunConfig) -> None:
+    if ray.is_initialized():
+        return
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return
+    ray.init(
+        num_cpus=config.ray.num_cpus,
+        object_store_memory=config.ray.object_store_memory,
+        include_dashboard=False,
+        log_to_driver=True,
+    )
+
+
+def _manifest_fields(config: RunConfig, run_fingerprint: str, run_id: str, started: str) -> dict:
+    return {
+        "config": config.model_dump(mode="json"),
+        "fingerprint": run_fingerprint,
+        "run_id": run_id,
+        "flavor": config.flavor,
+        "caption_cleaning": config.t5.caption_cleaning,
+        "models": {
+            "caption": provenance(config.caption.model),
+            "t5": provenance(config.t5.model, [config.t5.tokenizer_subfolder, config.t5.encoder_subfolder]),
+            "vae": provenance(config.vae.model),
+        },
+        "versions": _versions(),
+        "ray": {"address": config.ray.address or os.environ.get("RAY_ADDRESS") or "embedded"},
+        "started_at": started,
+        "finished_at": _now(),
+    }
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for package in _PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
