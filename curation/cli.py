@@ -29,11 +29,15 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from curation.pixart.embed import second_caption_encoders
     from curation.pixart.export import export_pixart
 
+    encoders = None
+    if args.flavor == "sigma" and not args.no_second_captions:
+        encoders = second_caption_encoders(args.dataset)
     summary = export_pixart(
         args.dataset, args.dest, args.flavor, resolution=args.resolution, single_scale=args.single_scale,
-        seed=args.seed,
+        seed=args.seed, extra_features=encoders,
     )
     print(json.dumps(summary, indent=2))
     return 0
@@ -95,7 +99,9 @@ def _add_pixart(commands) -> None:
     pixart.add_argument("--flavor", choices=["alpha", "sigma"], required=True)
     pixart.add_argument("--resolution", type=int, default=None)
     pixart.add_argument("--single-scale", action="store_true")
-    pixart.add_argument("--seed", type=int, default=0)
+    pixart.add_argument("--seed", type=int, default=0, help="seed of the data_info.json shuffle")
+    pixart.add_argument("--no-second-captions", action="store_true",
+                        help="Σ: skip T5 features of second captions (sharegpt4v); then set real_prompt_ratio=1.0")
     pixart.set_defaults(handler=_export)
 
     from curation.pixart.cli_args import add_embed_prompts_args, add_sample_args

@@ -114,7 +114,10 @@ def _init_ray(config: RunConfig) -> None:
     if address:
         ray.init(address=address)
         return
+    # "local" always starts an embedded Ray, even when a `ray start` cluster happens to run on this machine
+    # (plain ray.init() would join it): the contract is RAY_ADDRESS or embedded.
     ray.init(
+        address="local",
         num_cpus=config.ray.num_cpus,
         object_store_memory=config.ray.object_store_memory,
         include_dashboard=False,

@@ -81,6 +81,22 @@ class T5Stage(Stage):
                 results[index] = (array.astype(dtype), array.shape[0], truncated)
         return results
 
+    @torch.inference_mode()
+    def encode_padded(self, text: str) -> tuple[np.ndarray, int]:
+        """PixArt's own procedure for one text: padded to max_length, all T rows kept (float32), + real count.
+
+        Used for the null embedding, whose padding rows PixArt-Σ copies into ``y_embedding``.
+        """
+        if self.encoder is None:
+            self.setup()
+        tokens = self.tokenizer(
+            [text], padding="max_length", truncation=True, max_length=self.config.max_length,
+            add_special_tokens=True, return_tensors="pt",
+        )
+        mask = tokens["attention_mask"].to(self.device)
+        hidden = self.encoder(input_ids=tokens["input_ids"].to(self.device), attention_mask=mask).last_hidden_state
+        return hidden[0].float().cpu().numpy(), int(mask.sum())
+
     def _untruncated_lengths(self, texts: list[str]) -> list[int]:
         """Token counts including EOS, before truncation (so over-long captions can be flagged)."""
         encoded = self.tokenizer(texts, padding=False, truncation=False, add_special_tokens=True, verbose=False)

@@ -21,13 +21,8 @@ JSON_FIELDS = {"key", "source", "width", "height", "bucket", "bucket_hw", "capti
 
 
 @pytest.fixture(scope="module")
-def demo_output(tmp_path_factory, tiny_models, ray_session):
-    out = tmp_path_factory.mktemp("demo") / "out"
-    args = ["build", str(ROOT / "configs/demo.yaml"), "--input", str(ROOT / "examples/images"), "--output", str(out),
-            "--set", f"tiny_models_dir={tiny_models}", "--set", f"caption.model.path={tiny_models}/llava",
-            "--set", f"t5.model.path={tiny_models}/pixart_sigma", "--set", f"vae.model.path={tiny_models}/pixart_sigma"]
-    assert main(args) == 0
-    return out, args
+def demo_output(demo_dataset, demo_build_args):
+    return demo_dataset, demo_build_args
 
 
 def _samples(out: Path) -> dict[str, dict[str, bytes]]:

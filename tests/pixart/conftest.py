@@ -1,0 +1,134 @@
+"""A small curated dataset in the CONTRACT.md format, written from scratch for the PixArt tests."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from curation.buckets import aspect_ratio_table
+
+FEATURE_DIM = 16
+BASE_SIZE = 256
+TOKENS = {"alpha": 120, "sigma": 300}
+# (height, width, image format): exact bucket sizes of the 256 table, plus two that only round to one.
+SHAPES = [
+    (256, 256, "jpg"),
+    (192, 320, "png"),
+    (352, 176, "webp"),
+    (250, 250, "jpg"),
+    (256, 256, "png"),
+    (190, 318, "jpg"),
+]
+_PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+
+
+@dataclass
+class StoredSample:
+    key: str
+    shard: str
+    height: int
+    width: int
+    bucket: str
+    captions: dict[str, str]
+    t5: np.ndarray
+    vae: np.ndarray
+
+
+def _bucket(height: int, width: int) -> tuple[str, tuple[int, int]]:
+    table = aspect_ratio_table(BASE_SIZE)
+    key = min(table, key=lambda ratio: abs(float(ratio) - height / width))
+    return key, table[key]
+
+
+def _image_bytes(rng: np.random.Generator, height: int, width: int, ext: str) -> bytes:
+    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format=_PIL_FORMATS[ext])
+    return out.getvalue()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array)
+    return out.getvalue()
+
+
+def _make_sample(rng, key, shard, index, std_scale, second_every) -> tuple[StoredSample, dict[str, bytes]]:
+    height, width, ext = SHAPES[index % len(SHAPES)]
+    bucket, (bucket_h, bucket_w) = _bucket(height, width)
+    captions = {"dense": f"a dense caption of sample {key}"}
+    if second_every and index % second_every == 0:
+        captions["alt"] = f"alt text {key}"
+    tokens = int(rng.integers(3, 20))
+    t5 = rng.standard_normal((tokens, FEATURE_DIM)).astype(np.float16)
+    mean = rng.standard_normal((4, bucket_h // 8, bucket_w // 8))
+    std = np.abs(rng.standard_normal(mean.shape)) * std_scale + std_scale / 2 if std_scale else np.zeros_like(mean)
+    vae = np.concatenate([mean, std]).astype(np.float16)
+    image = _image_bytes(rng, height, width, ext)
+    meta = {
+        "key": key, "source": f"synthetic/{key}.{ext}", "width": width, "height": height, "bucket": bucket,
+        "bucket_hw": [bucket_h, bucket_w], "captions": captions, "caption_status": "ok", "t5_tokens": tokens,
+        "t5_truncated": False, "sha256": hashlib.sha256(image).hexdigest(), "phash": "0" * 16,
+    }
+    files = {ext: image, "json": json.dumps(meta).encode(), "txt": captions["dense"].encode(),
+             "t5.npy": _npy(t5), "vae.npy": _npy(vae)}
+    return StoredSample(key, shard, height, width, bucket, captions, t5, vae), files
+
+
+def _write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for key, files in samples:
+            for ext, data in files.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def _write_index(path: Path, samples: list[StoredSample]) -> None:
+    rows = [
+        {"key": s.key, "shard": s.shard, "width": s.width, "height": s.height, "bucket": s.bucket,
+         "bucket_h": int(s.vae.shape[1] * 8), "bucket_w": int(s.vae.shape[2] * 8), "caption": s.captions["dense"],
+         "t5_tokens": int(s.t5.shape[0]), "t5_truncated": False, "sha256": "", "phash": "", "source": ""}
+        for s in samples
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def build_dataset(root: Path, flavor: str = "sigma", shards: int = 3, per_shard: int = 6, std_scale: float = 0.5,
+                  second_every: int = 2, seed: int = 0) -> dict[str, StoredSample]:
+    """Write manifest, shards and index; ``second_every=k`` gives every k-th sample an "alt" caption."""
+    rng = np.random.default_rng(seed)
+    for folder in ("shards", "index"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    stored: dict[str, StoredSample] = {}
+    for shard_index in range(shards):
+        shard = f"{shard_index:05d}.tar"
+        made = [_make_sample(rng, f"img_{shard_index}_{i:03d}", shard, shard_index * per_shard + i, std_scale,
+                             second_every) for i in range(per_shard)]
+        _write_tar(root / "shards" / shard, [(sample.key, files) for sample, files in made])
+        _write_index(root / "index" / f"part-{shard_index:05d}.parquet", [sample for sample, _ in made])
+        stored.update((sample.key, sample) for sample, _ in made)
+    config = {"flavor": flavor, "t5": {"max_length": TOKENS[flavor]},
+              "vae": {"aspect_ratios": BASE_SIZE, "scale_factor": 0.13025 if flavor == "sigma" else 0.18215}}
+    counts = {"input": len(stored), "written": len(stored), "rejected": 0, "failed": 0}
+    (root / "manifest.json").write_text(json.dumps({"counts": counts, "config": config, "fingerprint": "test"}))
+    return stored
+
+
+@pytest.fixture
+def make_dataset(tmp_path: Path):
+    def factory(name: str = "dataset", **options) -> tuple[Path, dict[str, StoredSample]]:
+        root = tmp_path / name
+        return root, build_dataset(root, **options)
+
+    return factory
