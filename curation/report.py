@@ -44,7 +44,7 @@ td.num { text-align: right; }
 .bar { background: #4a7bd0; height: 0.8rem; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(260px, 1fr)); gap: 1rem; }
 .grid figure { margin: 0; }
-.grid figcaption { font-size: 0.8rem; max-height: 8rem; overflow: auto; }
+.grid figcaption { font-size: 0.8rem; max-height: 8rem; overflow: auto; overflow-wrap: anywhere; }
 small { color: #666; }
 """
 
