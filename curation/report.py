@@ -18,7 +18,7 @@ from typing import Any
 from fsspec import AbstractFileSystem
 from PIL import Image
 
-from curation.io.writer import (
+from curation.io.layout import (
     IMAGE_EXTS,
     MANIFEST,
     REPORT_DIR,

@@ -20,13 +20,14 @@ import numpy as np
 from fsspec import AbstractFileSystem
 from PIL import Image
 
-from curation.io.writer import (
+from curation.io.layout import (
     IMAGE_EXTS,
     MANIFEST,
     SHARDS_DIR,
     filesystem,
     iter_tar_samples,
     list_names,
+    load_npy,
     read_index,
     read_json,
 )
@@ -102,10 +103,6 @@ def _upright_size(image_bytes: bytes) -> tuple[int, int]:
         return width, height
 
 
-def _load_npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
-
-
 def _check_meta(key: str, meta: dict[str, Any]) -> list[str]:
     problems = [
         f"{key}.json: {field} missing or not {getattr(kind, '__name__', kind)}"
@@ -127,13 +124,13 @@ def _check_meta(key: str, meta: dict[str, Any]) -> list[str]:
 def _check_arrays(key: str, members: dict[str, bytes], meta: dict[str, Any]) -> list[str]:
     problems = []
     try:
-        t5 = _load_npy(members["t5.npy"])
+        t5 = load_npy(members["t5.npy"])
         if t5.dtype != np.float16 or t5.ndim != 2 or t5.shape[0] != meta["t5_tokens"]:
             problems.append(f"{key}.t5.npy: {t5.dtype} {t5.shape}, want float16 [{meta['t5_tokens']}, D]")
     except Exception as error:  # pickled or corrupt arrays land here
         problems.append(f"{key}.t5.npy: unreadable with allow_pickle=False ({error})")
     try:
-        vae = _load_npy(members["vae.npy"])
+        vae = load_npy(members["vae.npy"])
         height, width = meta["bucket_hw"]
         want = (8, height // 8, width // 8)
         if vae.dtype != np.float16 or vae.shape != want:

@@ -13,15 +13,10 @@ import numpy as np
 from PIL import Image
 from ray.data._internal.execution.interfaces import TaskContext
 
+from curation.io.layout import npy_bytes
 from curation.io.writer import ShardSink, finalize
 from curation.records import FAILED, REJECTED, Row, mark, new_row, rows_to_table
 from curation.report import MAX_THUMBNAILS, THUMBNAIL_SIDE, write_report
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
 
 
 def ok_row(key: str, words: int, bucket: str = "1.0", truncated: bool = False) -> Row:

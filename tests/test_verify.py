@@ -14,17 +14,12 @@ import pytest
 from PIL import Image
 from ray.data._internal.execution.interfaces import TaskContext
 
+from curation.io.layout import npy_bytes
 from curation.io.writer import ShardSink, finalize
 from curation.records import REJECTED, Row, mark, new_row, rows_to_table
 from curation.verify import main, verify_dataset
 
 SHARD = "run1-00000-0000.tar"
-
-
-def npy_bytes(array: np.ndarray, allow_pickle: bool = False) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=allow_pickle)
-    return buffer.getvalue()
 
 
 def ok_row(key: str) -> Row:
@@ -95,7 +90,9 @@ def test_wrong_dtype_and_token_count_of_t5(dataset: Path) -> None:
 
 
 def test_pickled_npy(dataset: Path) -> None:
-    pickled = npy_bytes(np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)  # what npy_bytes refuses to write
+    pickled = buffer.getvalue()
     problems = problems_after(dataset, replace("img_0.t5.npy", pickled))
     assert len(problems) == 1 and "allow_pickle=False" in problems[0]
 

@@ -9,7 +9,6 @@ No caption cleaning: PixArt computes these from the raw prompt strings.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import webdataset as wds
 
 from curation.config import T5Config, apply_override, load_config, parse_config
+from curation.io.layout import filesystem, npy_bytes, read_manifest
 from curation.pixart.export import write_null_embed, write_prompt_embed
 from curation.stages.t5 import T5Stage
 
@@ -64,10 +64,9 @@ def _write_tar(path: Path, keys, texts, encoded, max_length: int) -> None:
     temporary = path.with_name(f".tmp-{path.name}")
     with wds.TarWriter(str(temporary)) as sink:
         for key, text, (features, tokens, truncated) in zip(keys, texts, encoded, strict=True):
-            buffer = io.BytesIO()
-            np.save(buffer, features.astype(np.float16), allow_pickle=False)
             meta = {"key": key, "prompt": text, "t5_tokens": tokens, "t5_truncated": truncated, "max_length": max_length}
-            sink.write({"__key__": key, "txt": text, "json": json.dumps(meta).encode(), "t5.npy": buffer.getvalue()})
+            t5 = npy_bytes(features.astype(np.float16))
+            sink.write({"__key__": key, "txt": text, "json": json.dumps(meta).encode(), "t5.npy": t5})
     temporary.replace(path)
 
 
@@ -103,8 +102,6 @@ def second_caption_encoders(dataset: str, caption_names: tuple[str, ...] = ("alt
 
     The model loads on the first call, so an export without second captions never loads T5.
     """
-    from curation.io.writer import filesystem
-    from curation.pixart.loader import read_manifest
     from curation.text import prepare_t5_text
 
     config = T5Config.model_validate(read_manifest(*filesystem(dataset))["config"]["t5"])

@@ -37,8 +37,8 @@ from fsspec import AbstractFileSystem
 from PIL import Image
 
 from curation.buckets import bucket_for
-from curation.io.writer import IMAGE_EXTS, filesystem, read_index
-from curation.pixart.loader import iter_shard, load_npy, pad_tokens, read_manifest
+from curation.io.layout import IMAGE_EXTS, filesystem, load_npy, read_index, read_manifest
+from curation.pixart.loader import iter_shard, pad_tokens
 
 TOKENS = {"alpha": 120, "sigma": 300}
 JSON_NAME = "data_info.json"

@@ -19,7 +19,6 @@ The module also holds the few dataset-reading helpers the PixArt exporter shares
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from collections import Counter, defaultdict
@@ -35,16 +34,9 @@ import torch
 from fsspec import AbstractFileSystem
 from torch.utils.data import IterableDataset, get_worker_info
 
-from curation.io.writer import MANIFEST, SHARDS_DIR, filesystem, iter_tar_samples, read_index, read_json
+from curation.io.layout import SHARDS_DIR, filesystem, iter_tar_samples, load_npy, read_index, read_manifest
 
 _INDEX_COLUMNS = ["key", "shard", "bucket"]
-
-
-def read_manifest(fs: AbstractFileSystem, root: str) -> dict[str, Any]:
-    manifest = read_json(fs, f"{root}/{MANIFEST}")
-    if manifest is None:  # finalize writes it last: without it the build is incomplete
-        raise FileNotFoundError(f"{root}/{MANIFEST} not found: not a finished curated dataset")
-    return manifest
 
 
 def read_sorted_index(dataset_uri: str) -> pa.Table:
@@ -63,10 +55,6 @@ def iter_shard(
         for key, members in iter_tar_samples(file):
             if keep is None or keep(key):
                 yield key, members
-
-
-def load_npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def pad_tokens(features: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,11 +7,9 @@ negative (reference §6), exactly what a trainer's validation loop does with our
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import math
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from curation.io.layout import iter_tar_samples, load_npy
 from curation.models.loading import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -48,16 +47,14 @@ def _tar_features(paths: list[Path], limit: int, skip_keys: set[str]) -> tuple[l
     texts, features = [], []
     for path in paths:
         members: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(path) as tar:
-            for member in tar.getmembers():
-                key, _, ext = member.name.partition(".")
-                if ext in ("txt", "t5.npy"):
-                    members.setdefault(key, {})[ext] = tar.extractfile(member).read()
+        with open(path, "rb") as file:
+            for key, group in iter_tar_samples(file, extensions=("txt", "t5.npy")):
+                members.setdefault(key, {}).update(group)
         for key in sorted(members):
             if key in skip_keys or len(texts) >= limit:
                 continue
             texts.append(members[key]["txt"].decode())
-            features.append(np.load(io.BytesIO(members[key]["t5.npy"]), allow_pickle=False))
+            features.append(load_npy(members[key]["t5.npy"]))
     return texts, features
 
 

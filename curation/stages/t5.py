@@ -8,7 +8,6 @@ fraction of the compute on short captions (tested against the padded-to-max_leng
 
 from __future__ import annotations
 
-import io
 import json
 from typing import ClassVar
 
@@ -16,19 +15,13 @@ import numpy as np
 import torch
 
 from curation.config import T5Config
+from curation.io.layout import npy_bytes
 from curation.models.loading import pretrained_kwargs, resolve_device, resolve_dtype
 from curation.records import Row
 from curation.stages.base import Stage
 from curation.text import prepare_t5_text
 
 Encoded = tuple[np.ndarray, int, bool]  # (features [n_tokens, D], n_tokens, truncated)
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    """``.npy`` file contents, never a pickle."""
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def load_t5_tokenizer(config: T5Config):

@@ -15,10 +15,10 @@ import torch
 from PIL import Image, ImageOps
 
 from curation.config import VAEConfig
+from curation.io.layout import npy_bytes
 from curation.models.loading import pretrained_kwargs, resolve_device, resolve_dtype
 from curation.records import Row
 from curation.stages.base import Stage
-from curation.stages.t5 import npy_bytes
 
 INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
 

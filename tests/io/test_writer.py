@@ -16,23 +16,17 @@ from PIL import Image
 from ray.data._internal.execution.interfaces import TaskContext
 
 from curation.io import writer
+from curation.io.layout import load_npy, npy_bytes, read_index, read_rejects
 from curation.io.writer import (
     OutputConflictError,
     ShardSink,
     done_keys,
     finalize,
     prepare_output,
-    read_index,
 )
 from curation.records import FAILED, REJECTED, Row, mark, new_row, rows_to_table
 
 T5_DIM = 16
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
 
 
 def jpeg_bytes(width: int, height: int) -> bytes:
@@ -114,8 +108,8 @@ def test_sink_writes_contract_shards_through_ray(ray_session, tmp_path: Path) ->
         assert meta["t5_tokens"] == 5 and meta["t5_truncated"] is False
         assert meta["sha256"] == by_key[key]["sha256"] and meta["caption_status"] == "ok"
         assert members[f"{key}.txt"].decode() == meta["captions"]["dense"]
-        t5 = np.load(io.BytesIO(members[f"{key}.t5.npy"]), allow_pickle=False)
-        vae = np.load(io.BytesIO(members[f"{key}.vae.npy"]), allow_pickle=False)
+        t5 = load_npy(members[f"{key}.t5.npy"])
+        vae = load_npy(members[f"{key}.vae.npy"])
         assert (t5.dtype, t5.shape) == (np.float16, (5, T5_DIM))
         assert (vae.dtype, vae.shape) == (np.float16, (8, 6, 8))
         assert members[f"{key}.vae.npy"] == by_key[key]["vae"]
@@ -125,7 +119,7 @@ def test_sink_writes_contract_shards_through_ray(ray_session, tmp_path: Path) ->
     assert sorted(r["key"] for r in index) == [f"img_{i}" for i in range(5)]
     assert {r["shard"] for r in index} == set(manifest["shards"])
     assert index[0]["caption"] == f"A red square named {index[0]['key']}."
-    rejects = writer.read_rejects(str(tmp_path)).to_pylist()
+    rejects = read_rejects(str(tmp_path)).to_pylist()
     assert {(r["key"], r["status"], r["stage"]) for r in rejects} == {
         ("small_1", REJECTED, "filter"), ("small_2", REJECTED, "filter"), ("bad", FAILED, "caption")
     }  # fmt: skip
@@ -179,7 +173,7 @@ def test_incomplete_ok_row_fails_instead_of_the_task(tmp_path: Path) -> None:
     result = write_task(tmp_path, [ok_row("good"), broken])
 
     assert (result["written"], result["failed"]) == (1, 1)
-    rejects = writer.read_rejects(str(tmp_path)).to_pylist()
+    rejects = read_rejects(str(tmp_path)).to_pylist()
     assert [(r["key"], r["stage"], r["reason"]) for r in rejects] == [("broken", "writer", "incomplete_row")]
     assert "vae" in rejects[0]["detail"]
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from curation.cli import main
+from curation.io.layout import load_npy
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKEN = {"broken_truncated", "broken_zero", "not_an_image", "broken_header"}
@@ -76,8 +77,8 @@ def test_shards_hold_every_contract_field(demo_output):
         assert JSON_FIELDS <= set(meta) and meta["key"] == key
         assert Image.open(io.BytesIO(members[image_ext[0]])).size == (meta["width"], meta["height"])
         assert members["txt"].decode() == meta["captions"]["dense"]
-        t5 = np.load(io.BytesIO(members["t5.npy"]), allow_pickle=False)
-        vae = np.load(io.BytesIO(members["vae.npy"]), allow_pickle=False)
+        t5 = load_npy(members["t5.npy"])
+        vae = load_npy(members["vae.npy"])
         assert t5.dtype == np.float16 and t5.shape[0] == meta["t5_tokens"] and t5.ndim == 2
         h, w = meta["bucket_hw"]
         assert vae.dtype == np.float16 and vae.shape == (8, h // 8, w // 8)

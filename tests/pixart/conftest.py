@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from curation.buckets import aspect_ratio_table
+from curation.io.layout import npy_bytes
 
 FEATURE_DIM = 16
 BASE_SIZE = 256
@@ -57,12 +58,6 @@ def _image_bytes(rng: np.random.Generator, height: int, width: int, ext: str) ->
     return out.getvalue()
 
 
-def _npy(array: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    np.save(out, array)
-    return out.getvalue()
-
-
 def _make_sample(rng, key, shard, index, std_scale, second_every) -> tuple[StoredSample, dict[str, bytes]]:
     height, width, ext = SHAPES[index % len(SHAPES)]
     bucket, (bucket_h, bucket_w) = _bucket(height, width)
@@ -81,7 +76,7 @@ def _make_sample(rng, key, shard, index, std_scale, second_every) -> tuple[Store
         "t5_truncated": False, "sha256": hashlib.sha256(image).hexdigest(), "phash": "0" * 16,
     }
     files = {ext: image, "json": json.dumps(meta).encode(), "txt": captions["dense"].encode(),
-             "t5.npy": _npy(t5), "vae.npy": _npy(vae)}
+             "t5.npy": npy_bytes(t5), "vae.npy": npy_bytes(vae)}
     return StoredSample(key, shard, height, width, bucket, captions, t5, vae), files
 
 

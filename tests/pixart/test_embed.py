@@ -1,6 +1,5 @@
 """``curate embed-prompts``: our shard format and PixArt's .pth files, from the dataset's own T5."""
 
-import io
 import json
 import tarfile
 
@@ -9,6 +8,7 @@ import torch
 
 from curation.cli import main
 from curation.config import T5Config
+from curation.io.layout import load_npy
 from curation.stages.t5 import T5Stage
 
 
@@ -34,7 +34,7 @@ def test_embed_prompts_writes_both_formats(demo_dataset, tmp_path):
     with tarfile.open(out / "prompts.tar") as tar:
         names = tar.getnames()
         assert {"null.t5.npy", "prompt-0000.t5.npy", "prompt-0000.txt"} <= set(names)
-        features = np.load(io.BytesIO(tar.extractfile("prompt-0000.t5.npy").read()), allow_pickle=False)
+        features = load_npy(tar.extractfile("prompt-0000.t5.npy").read())
     assert features.dtype == np.float16 and features.shape[0] == tokens
     summary = json.loads((out / "embeddings.json").read_text())
     assert summary["skipped_prompts"] == ["skipped/slash"]

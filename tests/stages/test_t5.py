@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 from transformers import T5EncoderModel, T5Tokenizer
 
 from curation.config import ModelRef, Resources, T5Config
+from curation.io.layout import load_npy
 from curation.records import FAILED, OK, new_row
 from curation.stages.t5 import T5Stage
 
@@ -67,10 +67,6 @@ def caption_row(key: str, text: str | None) -> dict:
     row = new_row(key, f"test/{key}", b"")
     row["captions"] = None if text is None else json.dumps({"dense": text})
     return row
-
-
-def load_npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def test_fp32_features_equal_padded_to_max_length_encode(stage: T5Stage, pixart_reference) -> None:

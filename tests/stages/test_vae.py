@@ -13,6 +13,7 @@ from PIL import Image
 
 from curation.buckets import bucket_for
 from curation.config import ModelRef, Resources, VAEConfig
+from curation.io.layout import load_npy
 from curation.records import FAILED, OK, new_row
 from curation.stages.vae import VAEStage, bucket_pixels, center_crop_box, cover_size
 
@@ -146,7 +147,7 @@ def test_batched_latents_equal_one_image_encodes_across_three_buckets(stage: VAE
     # one shape per encode call, at most batch_size images: 3 -> 2 + 1, 2, 2
     assert sorted(batch_shapes) == sorted([(2, 3, 256, 256), (1, 3, 256, 256), (2, 3, 192, 320), (2, 3, 320, 192)])
     for row, expected in zip(rows, references, strict=True):
-        stored = np.load(io.BytesIO(row["vae"]), allow_pickle=False)
+        stored = load_npy(row["vae"])
         h, w = row["bucket_h"], row["bucket_w"]
         assert row["status"] == OK
         assert stored.dtype == np.float16 and stored.shape == (8, h // 8, w // 8)
@@ -178,7 +179,7 @@ def test_exif_rotated_image_is_encoded_upright(stage: VAEStage) -> None:
 
     upright = Image.open(io.BytesIO(row["image"])).transpose(Image.Transpose.ROTATE_270)
     expected = one_image_reference(stage, upright, (bucket_h, bucket_w))
-    latent = np.load(io.BytesIO(row["vae"]), allow_pickle=False)
+    latent = load_npy(row["vae"])
     assert bucket_h > bucket_w and latent.shape == (8, bucket_h // 8, bucket_w // 8)
     np.testing.assert_allclose(latent.astype(np.float32), expected, rtol=RTOL, atol=ATOL)
 

@@ -1,0 +1,170 @@
+"""The layout of a built dataset, and how to read it back: no Ray, so every reader imports it cheaply.
+
+Under the dataset dir (local path or any fsspec URL, e.g. ``s3://bucket/ds``)::
+
+    shards/{run_id}-{task:05d}-{n:04d}.tar   samples (KEY.jpg|png|webp, KEY.json, KEY.txt, KEY.t5.npy, KEY.vae.npy)
+    index/{run_id}-{task:05d}-{n:04d}.parquet one row per sample of the shard of the same stem
+    rejects/{run_id}-{task:05d}.parquet       rejected and failed rows of one write task
+    _run/state.json                           fingerprint of the run in progress
+    manifest.json                             written last by ``finalize``: its presence means "complete"
+
+Every file is written under a temporary name in its final directory and renamed when complete
+(``atomic_write``). ``curation.io.writer`` writes this layout; readers (verify, report, the PixArt
+loader and exporter) need only this module.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import tarfile
+import uuid
+from collections.abc import Callable, Collection, Iterator
+from typing import IO, Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
+
+SHARDS_DIR, INDEX_DIR, REJECTS_DIR, RUN_DIR, REPORT_DIR = "shards", "index", "rejects", "_run", "report"
+MANIFEST = "manifest.json"
+STATE = f"{RUN_DIR}/state.json"
+TMP_PREFIX = ".tmp-"
+IMAGE_EXTS = ("jpg", "png", "webp")
+MANIFEST_FORMAT = 1
+
+INDEX_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.string()),  # tar file name under shards/
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("bucket", pa.string()),
+        ("bucket_h", pa.int32()),
+        ("bucket_w", pa.int32()),
+        ("caption", pa.string()),  # the primary (dense) caption
+        ("t5_tokens", pa.int32()),
+        ("t5_truncated", pa.bool_()),
+        ("sha256", pa.string()),
+        ("phash", pa.string()),
+        ("source", pa.string()),
+    ]
+)
+REJECTS_SCHEMA = pa.schema([(name, pa.string()) for name in ("key", "source", "stage", "reason", "detail", "status")])
+
+
+# ---------------------------------------------------------------- filesystem helpers
+
+
+def filesystem(output_dir: str) -> tuple[AbstractFileSystem, str]:
+    fs, root = fsspec.core.url_to_fs(output_dir)
+    return fs, root.rstrip("/")
+
+
+def list_names(fs: AbstractFileSystem, directory: str, suffix: str = "") -> list[str]:
+    """Sorted file names in ``directory`` ending with ``suffix``, temp files excluded; [] if absent."""
+    try:
+        paths = fs.ls(directory, detail=False)
+    except FileNotFoundError:
+        return []
+    names = (posixpath.basename(p.rstrip("/")) for p in paths)
+    return sorted(n for n in names if n.endswith(suffix) and not n.startswith(TMP_PREFIX))
+
+
+def atomic_write(fs: AbstractFileSystem, path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Run ``write`` on a temp file next to ``path``, then rename it to ``path``."""
+    directory, name = posixpath.split(path)
+    fs.makedirs(directory, exist_ok=True)
+    temp = posixpath.join(directory, f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}")
+    try:
+        with fs.open(temp, "wb") as file:
+            write(file)
+        fs.mv(temp, path)
+    except BaseException:
+        if fs.exists(temp):
+            fs.rm(temp)
+        raise
+
+
+def write_json(fs: AbstractFileSystem, path: str, data: dict[str, Any]) -> None:
+    payload = json.dumps(data, indent=2, ensure_ascii=False, default=str).encode("utf-8")
+    atomic_write(fs, path, lambda file: file.write(payload))
+
+
+def read_json(fs: AbstractFileSystem, path: str) -> dict[str, Any] | None:
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as file:
+        return json.load(file)
+
+
+# ---------------------------------------------------------------- reading the layout back
+
+
+def read_manifest(fs: AbstractFileSystem, root: str) -> dict[str, Any]:
+    manifest = read_json(fs, f"{root}/{MANIFEST}")
+    if manifest is None:  # finalize writes it last: without it the build is incomplete
+        raise FileNotFoundError(f"{root}/{MANIFEST} not found: not a finished curated dataset")
+    return manifest
+
+
+def _read_dir_table(output_dir: str, subdir: str, schema: pa.Schema, columns: list[str] | None) -> pa.Table:
+    fs, root = filesystem(output_dir)
+    names = list_names(fs, f"{root}/{subdir}", ".parquet")
+    wanted = columns or schema.names
+    tables = [pq.read_table(f"{root}/{subdir}/{name}", columns=wanted, filesystem=fs) for name in names]
+    if not tables:
+        return pa.schema([schema.field(name) for name in wanted]).empty_table()
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def read_index(output_dir: str, columns: list[str] | None = None) -> pa.Table:
+    return _read_dir_table(output_dir, INDEX_DIR, INDEX_SCHEMA, columns)
+
+
+def read_rejects(output_dir: str, columns: list[str] | None = None) -> pa.Table:
+    return _read_dir_table(output_dir, REJECTS_DIR, REJECTS_SCHEMA, columns)
+
+
+def iter_tar_samples(
+    file: IO[bytes], extensions: Collection[str] | None = None
+) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Stream ``(key, {extension: bytes})`` groups in tar order, like webdataset's grouping.
+
+    A key that reappears after another key yields a second group (the caller can flag it).
+    With ``extensions``, only those members are read (the others are skipped unread, but still
+    delimit groups); a key with none of them yields nothing.
+    """
+    key, members = None, {}
+    with tarfile.open(fileobj=file, mode="r|") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            base = posixpath.basename(info.name)
+            member_key, _, extension = base.partition(".")
+            if member_key != key and members:
+                yield key, members
+                members = {}
+            key = member_key
+            if extensions is None or extension in extensions:
+                members[extension] = tar.extractfile(info).read()
+    if members:
+        yield key, members
+
+
+# ---------------------------------------------------------------- .npy members
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``.npy`` file contents, never a pickle."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    """An array from ``.npy`` bytes; a pickled (object) array is refused."""
+    return np.load(io.BytesIO(data), allow_pickle=False)
