@@ -17,7 +17,7 @@ import numpy as np
 import webdataset as wds
 
 from curation.config import T5Config, apply_override, load_config, parse_config
-from curation.io.layout import filesystem, npy_bytes, read_manifest
+from curation.io.layout import atomic_write, filesystem, npy_bytes, read_manifest
 from curation.pixart.export import write_null_embed, write_prompt_embed
 from curation.stages.t5 import T5Stage
 
@@ -61,13 +61,16 @@ def embed_prompts(t5_config: T5Config, prompts: list[str], out: str | Path) -> d
 
 
 def _write_tar(path: Path, keys, texts, encoded, max_length: int) -> None:
-    temporary = path.with_name(f".tmp-{path.name}")
-    with wds.TarWriter(str(temporary)) as sink:
+    fs, local_path = filesystem(str(path))
+    atomic_write(fs, local_path, lambda file: _write_prompt_samples(file, keys, texts, encoded, max_length))
+
+
+def _write_prompt_samples(file, keys, texts, encoded, max_length: int) -> None:
+    with wds.TarWriter(file) as sink:
         for key, text, (features, tokens, truncated) in zip(keys, texts, encoded, strict=True):
             meta = {"key": key, "prompt": text, "t5_tokens": tokens, "t5_truncated": truncated, "max_length": max_length}
             t5 = npy_bytes(features.astype(np.float16))
             sink.write({"__key__": key, "txt": text, "json": json.dumps(meta).encode(), "t5.npy": t5})
-    temporary.replace(path)
 
 
 def _t5_config(args: argparse.Namespace) -> tuple[T5Config, Path]:
@@ -77,7 +80,7 @@ def _t5_config(args: argparse.Namespace) -> tuple[T5Config, Path]:
     if args.config:
         config = load_config(args.config, args.set)
     else:
-        data = json.loads((Path(args.dataset) / "manifest.json").read_text())["config"]
+        data = read_manifest(*filesystem(args.dataset))["config"]
         for assignment in args.set:
             apply_override(data, assignment)
         config = parse_config(data)

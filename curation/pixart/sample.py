@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from curation.io.layout import iter_tar_samples, load_npy
+from curation.io.layout import filesystem, iter_tar_samples, load_npy, read_manifest
 from curation.models.loading import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def load_source(source: Path, num: int) -> tuple[list[str], list[np.ndarray], di
         info = json.loads((source / "embeddings.json").read_text())
         texts, features = _tar_features([source / "prompts.tar"], num, skip_keys={"null"})
         return texts, features, {"max_length": info["max_length"], "embeddings": source}
-    manifest = json.loads((source / "manifest.json").read_text())
+    manifest = read_manifest(*filesystem(str(source)))
     texts, features = _tar_features(sorted((source / "shards").glob("*.tar")), num, skip_keys=set())
     info = {"max_length": manifest["config"]["t5"]["max_length"], "flavor": manifest["config"].get("flavor"),
             "embeddings": source / "embeddings"}
