@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test venv venv-dev clean
+.PHONY: demo test bench venv venv-dev clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: venv
 
 test: venv-dev
 	$(BIN)/python -m pytest -q
+
+# Side-by-side ratios (ours vs baseline, same run); writes benchmarks/results.json. See README "Performance".
+bench: venv-dev
+	$(BIN)/python -m benchmarks.run
 
 clean:
 	rm -rf $(VENV) out .cache
