@@ -253,3 +253,31 @@ def test_directory_mixing_tars_parquets_and_images_plans_all_of_them(tmp_path):
     write(tmp_path / "mix" / "c.png", image_bytes())
     kinds = [unit["kind"] for unit in plan_inputs([str(tmp_path / "mix")], ReaderConfig())]
     assert sorted(kinds) == ["folder", "parquet", "tar"]
+
+
+# ------------------------------------------------------------------ any fsspec filesystem
+
+
+def test_inputs_on_a_non_local_fsspec_filesystem_are_planned_and_read():
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    if fs.exists("/remote"):
+        fs.rm("/remote", recursive=True)
+    members = io.BytesIO()
+    with tarfile.open(fileobj=members, mode="w") as tar:
+        for name, data in [("k1.jpg", image_bytes(fmt="JPEG")), ("k1.txt", b"remote caption")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    fs.pipe("/remote/shards/shard-0.tar", members.getvalue())
+    fs.pipe("/remote/folder/x.png", image_bytes())
+    table = io.BytesIO()
+    pq.write_table(pa.table({"image": [image_bytes()]}), table)
+    fs.pipe("/remote/table/part.parquet", table.getvalue())
+
+    units = plan_inputs(["memory://remote/shards", "memory://remote/folder", "memory://remote/table"], ReaderConfig())
+    assert [unit["kind"] for unit in units] == ["tar", "folder", "parquet"]
+    rows = by_key(read_all(units))
+    assert rows["k1"]["alt"] == "remote caption" and rows["k1"]["source"].startswith("memory://")
+    assert rows["x"]["status"] == OK and rows["part_00000000"]["status"] == OK
