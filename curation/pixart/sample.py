@@ -43,7 +43,8 @@ def pad_features(features: list[np.ndarray], length: int) -> tuple[torch.Tensor,
     return embeds, mask
 
 
-def _tar_features(paths: list[Path], limit: int, skip_keys: set[str]) -> tuple[list[str], list[np.ndarray]]:
+def read_prompt_features(paths: list[Path], limit: int, skip_keys: set[str]) -> tuple[list[str], list[np.ndarray]]:
+    """Captions and T5 features (real tokens) of up to ``limit`` samples, keys sorted within each tar."""
     texts, features = [], []
     for path in paths:
         members: dict[str, dict[str, bytes]] = {}
@@ -62,10 +63,10 @@ def load_source(source: Path, num: int) -> tuple[list[str], list[np.ndarray], di
     """Prompts + features from a built dataset's shards or an embed-prompts folder."""
     if (source / "prompts.tar").exists():
         info = json.loads((source / "embeddings.json").read_text())
-        texts, features = _tar_features([source / "prompts.tar"], num, skip_keys={"null"})
+        texts, features = read_prompt_features([source / "prompts.tar"], num, skip_keys={"null"})
         return texts, features, {"max_length": info["max_length"], "embeddings": source}
     manifest = read_manifest(*filesystem(str(source)))
-    texts, features = _tar_features(sorted((source / "shards").glob("*.tar")), num, skip_keys=set())
+    texts, features = read_prompt_features(sorted((source / "shards").glob("*.tar")), num, skip_keys=set())
     info = {"max_length": manifest["config"]["t5"]["max_length"], "flavor": manifest["config"].get("flavor"),
             "embeddings": source / "embeddings"}
     return texts, features, info
