@@ -129,7 +129,7 @@ def write_pixart_pipeline(directory: Path, flavor: str) -> Path:
 
 
 def _llava_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
@@ -155,7 +155,11 @@ LLAVA_CHAT_TEMPLATE = (
 
 def write_llava(directory: Path) -> Path:
     from transformers import (
-        CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
     )
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 

@@ -18,7 +18,7 @@ import webdataset as wds
 
 from curation.config import T5Config, apply_override, load_config, parse_config
 from curation.io.layout import atomic_write, filesystem, npy_bytes, read_manifest
-from curation.pixart.export import write_null_embed, write_prompt_embed
+from curation.pixart.embed_files import write_null_embed, write_prompt_embed
 from curation.stages.t5 import T5Stage
 
 log = logging.getLogger(__name__)

@@ -32,15 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from fsspec import AbstractFileSystem
 from PIL import Image
 
 from curation.buckets import bucket_for
 from curation.io.layout import IMAGE_EXTS, filesystem, load_npy, read_index, read_manifest
+from curation.pixart.embed_files import null_embed_name
+from curation.pixart.layout import ExportPlan, plan_export
 from curation.pixart.loader import iter_shard, pad_tokens
 
-TOKENS = {"alpha": 120, "sigma": 300}
 JSON_NAME = "data_info.json"
 PRIMARY_CAPTION = "dense"
 SECOND_CAPTION_BATCH = 32
@@ -59,106 +59,6 @@ _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 Encoder = Callable[[list[str]], list[np.ndarray]]
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Where one flavor's loaders look, relative to ``DEST/InternData`` ("" is InternData itself)."""
-
-    dataset_class: str
-    json_dirs: tuple[str, ...]
-    caption_dirs: tuple[str, ...]
-    second_caption_dir: str | None
-    vae_dir: str
-    feature_dtype: type[np.generic]
-    mask_dtype: type[np.generic]
-    vae_dtype: type[np.generic]
-
-
-def pixart_layout(flavor: str, resolution: int, single_scale: bool) -> Layout:
-    """The folders and dtypes of reference §1a/§1b/§3b for one flavor and mode."""
-    if flavor == "sigma":
-        suffix = "resolution_new" if single_scale else "resolution_ms_new"
-        return Layout(
-            "InternalDataSigma" if single_scale else "InternalDataMSSigma",
-            ("",),
-            ("caption_features_new",),
-            "sharegpt4v_caption_features_new",
-            f"img_sdxl_vae_features_{resolution}{suffix}",
-            np.float16,
-            np.int16,
-            np.float16,
-        )
-    if single_scale:  # α single-scale latents were float32 (fp32 VAE); fp16 → fp32 is lossless.
-        vae_dir = f"img_vae_features_{resolution}resolution/noflip"
-        wmask = ("caption_feature_wmask",)
-        return Layout("InternalData", ("", "partition"), wmask, None, vae_dir, np.float32, np.int64, np.float32)
-    # A's InternalDataMS reads partition_filter/ + caption_feature_wmask/; S's reads the root + caption_features/.
-    return Layout(
-        "InternalDataMS",
-        ("", "partition_filter"),
-        ("caption_feature_wmask", "caption_features"),
-        None,
-        f"img_vae_fatures_{resolution}_multiscale/ms",
-        np.float32,
-        np.int64,
-        np.float16,
-    )
-
-
-@dataclass(frozen=True)
-class ExportPlan:
-    dest: Path
-    flavor: str
-    max_length: int
-    resolution: int
-    single_scale: bool
-    scale_factor: float
-    layout: Layout
-
-    @property
-    def data_dir(self) -> Path:
-        return self.dest / "InternData"
-
-    @property
-    def image_dir(self) -> Path:
-        return self.dest / "InternImgs"
-
-    def caption_paths(self, key: str) -> list[Path]:
-        return [self.data_dir / folder / f"{key}.npz" for folder in self.layout.caption_dirs]
-
-    def second_caption_path(self, key: str) -> Path:
-        return self.data_dir / str(self.layout.second_caption_dir) / f"{key}.npz"
-
-    def vae_path(self, key: str) -> Path:
-        return self.data_dir / self.layout.vae_dir / f"{key}.npy"
-
-    def folders(self) -> list[Path]:
-        second = [self.layout.second_caption_dir] if self.layout.second_caption_dir else []
-        named = [*self.layout.json_dirs, *self.layout.caption_dirs, *second, self.layout.vae_dir]
-        return [self.image_dir, *(self.data_dir / name for name in named)]
-
-
-def plan_export(
-    manifest: dict[str, Any], dest: str | Path, flavor: str, resolution: int | None, single_scale: bool
-) -> ExportPlan:
-    """Check the dataset fits the flavor (token length, VAE family, bucket table) and fix the layout."""
-    if flavor not in TOKENS:
-        raise ValueError(f"flavor must be one of {sorted(TOKENS)}, got {flavor!r}")
-    config = manifest["config"]
-    max_length = int(config["t5"]["max_length"])
-    if max_length != TOKENS[flavor]:
-        raise ValueError(f"dataset T5 max_length is {max_length}; PixArt-{flavor} needs {TOKENS[flavor]} (§8.2)")
-    if config.get("flavor", flavor) != flavor:
-        raise ValueError(f"the dataset's latents come from PixArt-{config['flavor']}'s VAE, not {flavor}'s (§8.1)")
-    base = int(config["vae"]["aspect_ratios"])
-    if (resolution or base) != base:
-        raise ValueError(f"latents are stored for the {base} bucket table; build with vae.aspect_ratios={resolution}")
-    if flavor == "alpha" and not single_scale and base == 2048:
-        raise ValueError("PixArt-alpha has no ASPECT_RATIO_2048 table; use sigma or a smaller table")
-    dest = Path(dest).absolute()
-    if "InternData" in str(dest):  # PixArt finds images by replacing 'InternData' in the whole root path (§8.9)
-        raise ValueError(f"{dest}: the destination path must not contain 'InternData'")
-    layout = pixart_layout(flavor, base, single_scale)
-    return ExportPlan(dest, flavor, max_length, base, single_scale, float(config["vae"]["scale_factor"]), layout)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -280,45 +180,6 @@ class SecondCaptionWriter:
         for key, array in zip(keys, features, strict=True):
             write_caption_npz(self.plan, self.plan.second_caption_path(key), np.asarray(array))
         self.written += len(keys)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Null and validation-prompt embeddings (reference §5).
-
-
-def _padded_embedding(embeds: np.ndarray, max_length: int, real_tokens: int | None) -> tuple[torch.Tensor, ...]:
-    padded, mask = pad_tokens(np.asarray(embeds), max_length)
-    if real_tokens is not None:  # the caller passed the encoder's full padded output
-        mask[:] = 0
-        mask[:real_tokens] = 1
-    return torch.from_numpy(padded)[None], torch.from_numpy(mask)[None]
-
-
-def write_null_embed(path: str | Path, embeds: np.ndarray, max_length: int, *, real_tokens: int | None = None) -> None:
-    """``null_embed_diffusers_{T}token.pth``: T5 of "" as (1, T, D) plus the mask under both key names (§5).
-
-    PixArt-Σ copies ``uncond_prompt_embeds[0]`` into ``y_embedding`` and CFG dropout keeps the caption's
-    mask, so rows past the real tokens can be attended: pass the encoder's full T-row output with
-    ``real_tokens`` when you have it; a shorter array is padded by repeating its last row.
-    """
-    features, mask = _padded_embedding(embeds, max_length, real_tokens)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    # S's train.py reads the mask as uncond_prompt_embeds_mask, A's train_diffusers.py as uncond_prompt_attention_mask.
-    masks = {"uncond_prompt_embeds_mask": mask, "uncond_prompt_attention_mask": mask}
-    torch.save({"uncond_prompt_embeds": features, **masks}, path)
-
-
-def write_prompt_embed(
-    path: str | Path, embeds: np.ndarray, max_length: int, *, real_tokens: int | None = None
-) -> None:
-    """``{prompt}_{T}token.pth`` for validation: ``caption_embeds`` (1, T, D) and ``emb_mask`` (1, T)."""
-    features, mask = _padded_embedding(embeds, max_length, real_tokens)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"caption_embeds": features, "emb_mask": mask}, path)
-
-
-def null_embed_name(max_length: int) -> str:
-    return f"null_embed_diffusers_{max_length}token.pth"
 
 
 def _copy_out(fs: AbstractFileSystem, source: str, target: Path) -> str:

@@ -10,7 +10,6 @@ import pytest
 
 from curation.cli import main
 from curation.config import T5Config
-from curation.io.layout import load_npy
 from curation.pixart.sample import read_prompt_features
 from curation.stages.t5 import T5Stage
 from curation.text import prepare_t5_text

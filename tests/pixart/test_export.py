@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from curation.buckets import aspect_ratio_table
-from curation.pixart.export import export_pixart, write_null_embed, write_prompt_embed
+from curation.pixart.embed_files import write_null_embed, write_prompt_embed
+from curation.pixart.export import export_pixart
 
 RES = 256  # the synthetic dataset's bucket table (conftest.BASE_SIZE)
 FEATURE_DIM = 16  # conftest.FEATURE_DIM

@@ -1,0 +1,45 @@
+"""The ``.pth`` embedding files PixArt's train scripts load: null embedding and validation prompts (§5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from curation.pixart.loader import pad_tokens
+
+
+def _padded_embedding(embeds: np.ndarray, max_length: int, real_tokens: int | None) -> tuple[torch.Tensor, ...]:
+    padded, mask = pad_tokens(np.asarray(embeds), max_length)
+    if real_tokens is not None:  # the caller passed the encoder's full padded output
+        mask[:] = 0
+        mask[:real_tokens] = 1
+    return torch.from_numpy(padded)[None], torch.from_numpy(mask)[None]
+
+
+def write_null_embed(path: str | Path, embeds: np.ndarray, max_length: int, *, real_tokens: int | None = None) -> None:
+    """``null_embed_diffusers_{T}token.pth``: T5 of "" as (1, T, D) plus the mask under both key names (§5).
+
+    PixArt-Σ copies ``uncond_prompt_embeds[0]`` into ``y_embedding`` and CFG dropout keeps the caption's
+    mask, so rows past the real tokens can be attended: pass the encoder's full T-row output with
+    ``real_tokens`` when you have it; a shorter array is padded by repeating its last row.
+    """
+    features, mask = _padded_embedding(embeds, max_length, real_tokens)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    # S's train.py reads the mask as uncond_prompt_embeds_mask, A's train_diffusers.py as uncond_prompt_attention_mask.
+    masks = {"uncond_prompt_embeds_mask": mask, "uncond_prompt_attention_mask": mask}
+    torch.save({"uncond_prompt_embeds": features, **masks}, path)
+
+
+def write_prompt_embed(
+    path: str | Path, embeds: np.ndarray, max_length: int, *, real_tokens: int | None = None
+) -> None:
+    """``{prompt}_{T}token.pth`` for validation: ``caption_embeds`` (1, T, D) and ``emb_mask`` (1, T)."""
+    features, mask = _padded_embedding(embeds, max_length, real_tokens)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"caption_embeds": features, "emb_mask": mask}, path)
+
+
+def null_embed_name(max_length: int) -> str:
+    return f"null_embed_diffusers_{max_length}token.pth"
