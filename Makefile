@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test bench venv venv-dev clean
+.PHONY: demo test lint bench venv venv-dev clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: venv-dev
 # Side-by-side ratios (ours vs baseline, same run); writes benchmarks/results.json. See README "Performance".
 bench: venv-dev
 	$(BIN)/python -m benchmarks.run
+
+lint: venv-dev
+	$(BIN)/ruff check curation pipelines tests benchmarks examples
+	$(BIN)/ruff format --check curation pipelines tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) out .cache

@@ -32,11 +32,17 @@ from curation.stages.t5 import T5Stage, npy_bytes
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DIR = ROOT / ".cache/tiny-models"
 # t5-v1_1-small-like: realistic layer structure, CPU-feasible. PixArt's T5-XXL has D=4096.
-T5_SHAPE = dict(d_model=512, d_kv=64, d_ff=1024, num_layers=6, num_heads=8, vocab_size=32128,
-                feed_forward_proj="gated-gelu")
+T5_SHAPE = dict(
+    d_model=512, d_kv=64, d_ff=1024, num_layers=6, num_heads=8, vocab_size=32128, feed_forward_proj="gated-gelu"
+)
 # diffusers' AutoencoderKL with the SD / SDXL VAE architecture.
-VAE_SHAPE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+VAE_SHAPE = dict(
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=4,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+)
 IMAGE_SIZES = ((320, 320), (288, 432), (432, 288))  # (h, w) → 256-table buckets 1.0, 0.68, 1.46
 EQUIVALENCE_ATOL = 1e-4  # fp32 features, real tokens: both sides must compute the same thing
 PIXART_D = 4096
@@ -58,8 +64,7 @@ def timed(sides: dict[str, Callable[[], object]], repeats: int) -> tuple[dict, d
 def pseudo_captions(count: int, min_words: int = 10, max_words: int = 200, seed: int = 0) -> list[str]:
     """Deterministic captions of real vocabulary words (LLaVA captions run ~10-200 words)."""
     rng = random.Random(seed)
-    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(min_words, max_words))) + "."
-            for _ in range(count)]
+    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(min_words, max_words))) + "." for _ in range(count)]
 
 
 def write_t5_model(directory: Path, tokenizer_dir: Path) -> Path:
@@ -83,8 +88,13 @@ def pixart_t5(tokenizer, encoder, texts: list[str], batch_size: int, max_length:
     """
     out = []
     for start in range(0, len(texts), batch_size):
-        tokens = tokenizer(texts[start : start + batch_size], max_length=max_length, padding="max_length",
-                           truncation=True, return_tensors="pt").to(encoder.device)
+        tokens = tokenizer(
+            texts[start : start + batch_size],
+            max_length=max_length,
+            padding="max_length",
+            truncation=True,
+            return_tensors="pt",
+        ).to(encoder.device)
         hidden = encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0].float().cpu().numpy()
         masks = tokens.attention_mask.to(torch.int16).cpu().numpy()
         out.extend((hidden[i : i + 1], masks[i : i + 1]) for i in range(len(hidden)))
@@ -112,18 +122,35 @@ def storage(ours: list[tuple], pixart: list[tuple], dim: int) -> dict:
         pixart_bytes.append(buffer.getbuffer().nbytes)
     measured = {"d": dim, "ours_npy": statistics.mean(ours_bytes), "pixart_npz": statistics.mean(pixart_bytes)}
     scale = PIXART_D / dim  # payload bytes scale linearly with D (headers are a few hundred bytes)
-    return {"measured": measured, "d4096_scaled": {"d": PIXART_D, "ours_npy": measured["ours_npy"] * scale,
-                                                   "pixart_npz": measured["pixart_npz"] * scale},
-            "ratio": measured["pixart_npz"] / measured["ours_npy"]}
+    return {
+        "measured": measured,
+        "d4096_scaled": {
+            "d": PIXART_D,
+            "ours_npy": measured["ours_npy"] * scale,
+            "pixart_npz": measured["pixart_npz"] * scale,
+        },
+        "ratio": measured["pixart_npz"] / measured["ours_npy"],
+    }
 
 
-def bench_t5(model_dir: Path, captions: list[str], batch_size: int = 32, repeats: int = 3,
-             max_length: int = 300, device: str = "cpu") -> dict:
+def bench_t5(
+    model_dir: Path,
+    captions: list[str],
+    batch_size: int = 32,
+    repeats: int = 3,
+    max_length: int = 300,
+    device: str = "cpu",
+) -> dict:
     """Our T5Stage.encode vs PixArt's procedure (batches of ``batch_size`` and, as shipped, batch 1), fp32 CPU."""
     from transformers import T5EncoderModel, T5Tokenizer
 
-    stage = T5Stage(T5Config(model=ModelRef(path=str(model_dir), device=device, dtype="float32"),
-                             resources=Resources(batch_size=batch_size, num_gpus=0), max_length=max_length))
+    stage = T5Stage(
+        T5Config(
+            model=ModelRef(path=str(model_dir), device=device, dtype="float32"),
+            resources=Resources(batch_size=batch_size, num_gpus=0),
+            max_length=max_length,
+        )
+    )
     stage.setup()
     tokenizer = T5Tokenizer.from_pretrained(model_dir, subfolder="tokenizer")
     encoder = T5EncoderModel.from_pretrained(model_dir, subfolder="text_encoder", dtype=torch.float32)
@@ -138,14 +165,22 @@ def bench_t5(model_dir: Path, captions: list[str], batch_size: int = 32, repeats
     diff, counts_match = max_feature_diff(outputs["ours"], outputs["pixart_batched"])
     tokens = [n for _, n, _ in outputs["ours"]]
     return {
-        "captions": len(captions), "batch_size": batch_size, "max_length": max_length, "repeats": repeats,
-        "d_model": int(encoder.config.d_model), "num_layers": int(encoder.config.num_layers),
+        "captions": len(captions),
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "repeats": repeats,
+        "d_model": int(encoder.config.d_model),
+        "num_layers": int(encoder.config.num_layers),
         "tokens": {"min": min(tokens), "mean": statistics.mean(tokens), "max": max(tokens)},
-        "seconds": seconds, "runs": runs,
+        "seconds": seconds,
+        "runs": runs,
         "captions_per_s": {name: len(captions) / s for name, s in seconds.items()},
-        "speedup": {"vs_pixart_batched": seconds["pixart_batched"] / seconds["ours"],
-                    "vs_pixart_batch1": seconds["pixart_batch1"] / seconds["ours"]},
-        "max_abs_diff_fp32": diff, "token_counts_match": counts_match,
+        "speedup": {
+            "vs_pixart_batched": seconds["pixart_batched"] / seconds["ours"],
+            "vs_pixart_batch1": seconds["pixart_batch1"] / seconds["ours"],
+        },
+        "max_abs_diff_fp32": diff,
+        "token_counts_match": counts_match,
         "equivalent": counts_match and diff <= EQUIVALENCE_ATOL,
         "bytes_per_caption": storage(outputs["ours"], outputs["pixart_batched"], int(encoder.config.d_model)),
     }
@@ -186,8 +221,12 @@ def one_at_a_time(stage, rows: list[dict]) -> list[np.ndarray]:
     from curation.stages.vae import bucket_pixels, decode_upright
 
     interpolation = stage.config.interpolation
-    return [stage.encode_pixels(bucket_pixels(decode_upright(row), (row["bucket_h"], row["bucket_w"]),
-                                              interpolation)[None])[0] for row in rows]
+    return [
+        stage.encode_pixels(
+            bucket_pixels(decode_upright(row), (row["bucket_h"], row["bucket_w"]), interpolation)[None]
+        )[0]
+        for row in rows
+    ]
 
 
 def bucket_batched(stage, rows: list[dict]) -> list[dict]:
@@ -200,21 +239,34 @@ def bucket_batched(stage, rows: list[dict]) -> list[dict]:
 def bench_vae(model_dir: Path, images: int, batch_size: int = 8, repeats: int = 3, device: str = "cpu") -> dict:
     from curation.stages.vae import VAEStage
 
-    stage = VAEStage(VAEConfig(model=ModelRef(path=str(model_dir), device=device, dtype="float32"),
-                               aspect_ratios=256, resources=Resources(batch_size=batch_size, num_gpus=0)))
+    stage = VAEStage(
+        VAEConfig(
+            model=ModelRef(path=str(model_dir), device=device, dtype="float32"),
+            aspect_ratios=256,
+            resources=Resources(batch_size=batch_size, num_gpus=0),
+        )
+    )
     stage.setup()
     rows = image_rows(images)
     one_at_a_time(stage, rows[:1])  # warm-up
-    seconds, runs, outputs = timed({"one_at_a_time": lambda: one_at_a_time(stage, rows),
-                                    "ours": lambda: bucket_batched(stage, rows)}, repeats)
+    seconds, runs, outputs = timed(
+        {"one_at_a_time": lambda: one_at_a_time(stage, rows), "ours": lambda: bucket_batched(stage, rows)}, repeats
+    )
     ours = [np.load(io.BytesIO(row["vae"]), allow_pickle=False) for row in outputs["ours"]]
-    diff = max(float(np.abs(a.astype(np.float32) - b.astype(np.float32)).max())
-               for a, b in zip(ours, outputs["one_at_a_time"], strict=True))
+    diff = max(
+        float(np.abs(a.astype(np.float32) - b.astype(np.float32)).max())
+        for a, b in zip(ours, outputs["one_at_a_time"], strict=True)
+    )
     return {
-        "images": images, "buckets": sorted({f"{r['bucket_h']}x{r['bucket_w']}" for r in rows}),
-        "batch_size": batch_size, "repeats": repeats, "seconds": seconds, "runs": runs,
+        "images": images,
+        "buckets": sorted({f"{r['bucket_h']}x{r['bucket_w']}" for r in rows}),
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "seconds": seconds,
+        "runs": runs,
         "images_per_s": {name: images / s for name, s in seconds.items()},
-        "speedup": seconds["one_at_a_time"] / seconds["ours"], "max_abs_diff_fp16": diff,
+        "speedup": seconds["one_at_a_time"] / seconds["ours"],
+        "max_abs_diff_fp16": diff,
     }
 
 
@@ -223,8 +275,14 @@ def demo_config(output: Path):
     from curation.config import load_config
 
     sigma = TINY_DIR / "pixart_sigma"
-    overrides = [f"input=[{ROOT / 'examples/images'}]", f"output={output}", f"tiny_models_dir={TINY_DIR}",
-                 f"caption.model.path={TINY_DIR / 'llava'}", f"t5.model.path={sigma}", f"vae.model.path={sigma}"]
+    overrides = [
+        f"input=[{ROOT / 'examples/images'}]",
+        f"output={output}",
+        f"tiny_models_dir={TINY_DIR}",
+        f"caption.model.path={TINY_DIR / 'llava'}",
+        f"t5.model.path={sigma}",
+        f"vae.model.path={sigma}",
+    ]
     return load_config(ROOT / "configs/demo.yaml", overrides)
 
 
@@ -238,8 +296,12 @@ def bench_e2e(repeats: int) -> dict:
     started_here = not ray.is_initialized()
     start = time.perf_counter()
     if started_here:
-        ray.init(address="local", num_cpus=demo_config(Path("unused")).ray.num_cpus, include_dashboard=False,
-                 log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=demo_config(Path("unused")).ray.num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
     ray_start = time.perf_counter() - start
     runs, manifest = [], {}
     try:
@@ -252,9 +314,17 @@ def bench_e2e(repeats: int) -> dict:
         if started_here:
             ray.shutdown()
     seconds, counts = statistics.median(runs), manifest["counts"]
-    return {"repeats": repeats, "ray_start_s": ray_start, "seconds": seconds, "runs": runs, "counts": counts,
-            "reject_reasons": manifest.get("reject_reasons"), "failure_reasons": manifest.get("failure_reasons"),
-            "inputs_per_s": counts["input"] / seconds, "written_per_s": counts["written"] / seconds}
+    return {
+        "repeats": repeats,
+        "ray_start_s": ray_start,
+        "seconds": seconds,
+        "runs": runs,
+        "counts": counts,
+        "reject_reasons": manifest.get("reject_reasons"),
+        "failure_reasons": manifest.get("failure_reasons"),
+        "inputs_per_s": counts["input"] / seconds,
+        "written_per_s": counts["written"] / seconds,
+    }
 
 
 # ---------------------------------------------------------------- report
@@ -269,24 +339,47 @@ def table(results: dict) -> str:
     m, big, counts, pad = store["measured"], store["d4096_scaled"], e2e["counts"], t5["max_length"]
     kib = lambda b: f"{b / 1024:,.0f} KiB"  # noqa: E731
     rows = [
-        (f"T5 features, {t5['captions']} captions ({tok['min']}–{tok['max']} tokens, mean {tok['mean']:.0f}), "
-         f"T5 encoder {t5['num_layers']}×{t5['d_model']}, fp32", f"PixArt procedure: pad to {pad}, batches of "
-         f"{t5['batch_size']} in input order: {cps['pixart_batched']:.1f} captions/s", "length-sorted, padded to "
-         f"the batch's longest: {cps['ours']:.1f} captions/s", ratio(speedup["vs_pixart_batched"], "faster")),
-        ("T5 features, same captions", f"PixArt's extract_features.py as shipped (batch 1, pad to {pad}): "
-         f"{cps['pixart_batch1']:.1f} captions/s", f"{cps['ours']:.1f} captions/s",
-         ratio(speedup["vs_pixart_batch1"], "faster")),
-        (f"T5 storage per caption, D={m['d']} (measured)", f"(1,{pad},D) f16 + mask, np.savez_compressed: "
-         f"{kib(m['pixart_npz'])}", f"[n,D] f16 .npy: {kib(m['ours_npy'])}", ratio(store["ratio"], "smaller")),
-        (f"T5 storage per caption, D={big['d']} (T5-XXL; D={m['d']} × {big['d'] // m['d']}, bytes ∝ D)",
-         kib(big["pixart_npz"]), kib(big["ours_npy"]), ratio(store["ratio"], "smaller")),
-        (f"VAE latents, {vae['images']} images in {len(vae['buckets'])} buckets of the 256 table, SD/SDXL VAE "
-         "architecture, fp32", f"one image at a time (PixArt multi-scale extractor, bs 1): "
-         f"{vae['images_per_s']['one_at_a_time']:.2f} images/s", f"bucket batches of ≤{vae['batch_size']}: "
-         f"{vae['images_per_s']['ours']:.2f} images/s", ratio(vae["speedup"], "faster")),
-        ("End-to-end `configs/demo.yaml` (smoke level: tiny models, embedded Ray, CPU)", "—",
-         f"{e2e['inputs_per_s']:.2f} inputs/s, {e2e['seconds']:.0f} s ({counts['input']} in: {counts['written']}"
-         f" written, {counts['rejected']} rejected, {counts['failed']} failed)", "—"),
+        (
+            f"T5 features, {t5['captions']} captions ({tok['min']}–{tok['max']} tokens, mean {tok['mean']:.0f}), "
+            f"T5 encoder {t5['num_layers']}×{t5['d_model']}, fp32",
+            f"PixArt procedure: pad to {pad}, batches of "
+            f"{t5['batch_size']} in input order: {cps['pixart_batched']:.1f} captions/s",
+            f"length-sorted, padded to the batch's longest: {cps['ours']:.1f} captions/s",
+            ratio(speedup["vs_pixart_batched"], "faster"),
+        ),
+        (
+            "T5 features, same captions",
+            f"PixArt's extract_features.py as shipped (batch 1, pad to {pad}): {cps['pixart_batch1']:.1f} captions/s",
+            f"{cps['ours']:.1f} captions/s",
+            ratio(speedup["vs_pixart_batch1"], "faster"),
+        ),
+        (
+            f"T5 storage per caption, D={m['d']} (measured)",
+            f"(1,{pad},D) f16 + mask, np.savez_compressed: {kib(m['pixart_npz'])}",
+            f"[n,D] f16 .npy: {kib(m['ours_npy'])}",
+            ratio(store["ratio"], "smaller"),
+        ),
+        (
+            f"T5 storage per caption, D={big['d']} (T5-XXL; D={m['d']} × {big['d'] // m['d']}, bytes ∝ D)",
+            kib(big["pixart_npz"]),
+            kib(big["ours_npy"]),
+            ratio(store["ratio"], "smaller"),
+        ),
+        (
+            f"VAE latents, {vae['images']} images in {len(vae['buckets'])} buckets of the 256 table, SD/SDXL VAE "
+            "architecture, fp32",
+            f"one image at a time (PixArt multi-scale extractor, bs 1): "
+            f"{vae['images_per_s']['one_at_a_time']:.2f} images/s",
+            f"bucket batches of ≤{vae['batch_size']}: {vae['images_per_s']['ours']:.2f} images/s",
+            ratio(vae["speedup"], "faster"),
+        ),
+        (
+            "End-to-end `configs/demo.yaml` (smoke level: tiny models, embedded Ray, CPU)",
+            "—",
+            f"{e2e['inputs_per_s']:.2f} inputs/s, {e2e['seconds']:.0f} s ({counts['input']} in: {counts['written']}"
+            f" written, {counts['rejected']} rejected, {counts['failed']} failed)",
+            "—",
+        ),
     ]
     header = ["| comparison | baseline | ours | ratio (baseline / ours) |", "|---|---|---|---|"]
     return "\n".join(header + ["| " + " | ".join(cells) + " |" for cells in rows])
@@ -303,9 +396,16 @@ def machine(threads: int) -> dict:
     import diffusers
     import transformers
 
-    return {"cpu_count": os.cpu_count(), "torch_threads": threads, "cuda": torch.cuda.is_available(),
-            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "diffusers": diffusers.__version__}
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads,
+        "cuda": torch.cuda.is_available(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "diffusers": diffusers.__version__,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,8 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"machine": machine(args.threads) | {"device": device}, "quick": args.quick}
     with tempfile.TemporaryDirectory() as tmp:
         t5_dir = write_t5_model(Path(tmp) / "t5", tiny / "pixart_sigma/tokenizer")
-        results["t5"] = with_load(bench_t5, t5_dir, pseudo_captions(64 if args.quick else 256), repeats=repeats,
-                                  device=device)
+        results["t5"] = with_load(
+            bench_t5, t5_dir, pseudo_captions(64 if args.quick else 256), repeats=repeats, device=device
+        )
         print(f"t5: {json.dumps(results['t5']['speedup'])}", flush=True)
         vae_dir = write_vae(Path(tmp) / "vae")
         results["vae"] = with_load(bench_vae, vae_dir, 6 if args.quick else 16, repeats=repeats, device=device)

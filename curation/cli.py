@@ -36,8 +36,13 @@ def _export(args: argparse.Namespace) -> int:
     if args.flavor == "sigma" and not args.no_second_captions:
         encoders = second_caption_encoders(args.dataset)
     summary = export_pixart(
-        args.dataset, args.dest, args.flavor, resolution=args.resolution, single_scale=args.single_scale,
-        seed=args.seed, extra_features=encoders,
+        args.dataset,
+        args.dest,
+        args.flavor,
+        resolution=args.resolution,
+        single_scale=args.single_scale,
+        seed=args.seed,
+        extra_features=encoders,
     )
     print(json.dumps(summary, indent=2))
     return 0
@@ -85,7 +90,9 @@ def _add_build(commands) -> None:
     build.add_argument("config", help="YAML recipe, e.g. configs/demo.yaml")
     build.add_argument("--input", action="append", default=[], help="input URI (repeatable); replaces the recipe's")
     build.add_argument("--output", help="output dataset directory or fsspec URL")
-    build.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. caption.max_new_tokens=200")
+    build.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. caption.max_new_tokens=200"
+    )
     build.add_argument("--overwrite", action="store_true", help="replace an output built with a different config")
     build.set_defaults(handler=_build)
 
@@ -100,8 +107,11 @@ def _add_pixart(commands) -> None:
     pixart.add_argument("--resolution", type=int, default=None)
     pixart.add_argument("--single-scale", action="store_true")
     pixart.add_argument("--seed", type=int, default=0, help="seed of the data_info.json shuffle")
-    pixart.add_argument("--no-second-captions", action="store_true",
-                        help="Σ: skip T5 features of second captions (sharegpt4v); then set real_prompt_ratio=1.0")
+    pixart.add_argument(
+        "--no-second-captions",
+        action="store_true",
+        help="Σ: skip T5 features of second captions (sharegpt4v); then set real_prompt_ratio=1.0",
+    )
     pixart.set_defaults(handler=_export)
 
     from curation.pixart.cli_args import add_embed_prompts_args, add_sample_args
@@ -143,7 +153,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

@@ -70,7 +70,9 @@ class CaptionConfig(Strict):
     resources: Resources = Resources(num_cpus=1, num_gpus=1, num_workers=1, batch_size=16)
     name: str = "dense"
     prompt: str = "Describe this image and its style in a very detailed manner."
-    prompt_with_alt: str = 'Given the caption of this image "{alt}", describe this image and its style in a very detailed manner.'
+    prompt_with_alt: str = (
+        'Given the caption of this image "{alt}", describe this image and its style in a very detailed manner.'
+    )
     max_new_tokens: int = Field(300, ge=1)
     do_sample: bool = False
     temperature: float = 0.2

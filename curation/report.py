@@ -178,7 +178,7 @@ def _thumbnails_section(fs: AbstractFileSystem, root: str, shards: list[str]) ->
                     break
         if len(figures) == MAX_THUMBNAILS:
             break
-    return f"<h2>Samples ({len(figures)})</h2><div class=\"grid\">{''.join(figures)}</div>"
+    return f'<h2>Samples ({len(figures)})</h2><div class="grid">{"".join(figures)}</div>'
 
 
 # ---------------------------------------------------------------- page

@@ -33,9 +33,22 @@ ROOT = Path(__file__).resolve().parents[1]
 def demo_build_args(tmp_path_factory, tiny_models) -> list[str]:
     """``curate build configs/demo.yaml`` arguments pointed at a temp output and the session's tiny models."""
     out = tmp_path_factory.mktemp("demo") / "out"
-    return ["build", str(ROOT / "configs/demo.yaml"), "--input", str(ROOT / "examples/images"), "--output", str(out),
-            "--set", f"tiny_models_dir={tiny_models}", "--set", f"caption.model.path={tiny_models}/llava",
-            "--set", f"t5.model.path={tiny_models}/pixart_sigma", "--set", f"vae.model.path={tiny_models}/pixart_sigma"]
+    return [
+        "build",
+        str(ROOT / "configs/demo.yaml"),
+        "--input",
+        str(ROOT / "examples/images"),
+        "--output",
+        str(out),
+        "--set",
+        f"tiny_models_dir={tiny_models}",
+        "--set",
+        f"caption.model.path={tiny_models}/llava",
+        "--set",
+        f"t5.model.path={tiny_models}/pixart_sigma",
+        "--set",
+        f"vae.model.path={tiny_models}/pixart_sigma",
+    ]
 
 
 @pytest.fixture(scope="session")

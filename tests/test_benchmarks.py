@@ -32,8 +32,13 @@ def test_t5_comparison_sides_compute_the_same_real_token_features(tiny_models: P
     assert storage["ratio"] > 0 and storage["measured"]["ours_npy"] > 0
 
     # Independently of the result dict: each side, loaded on its own, row by row.
-    stage = T5Stage(T5Config(model=ModelRef(path=str(model_dir), device="cpu", dtype="float32"),
-                             resources=Resources(batch_size=4, num_gpus=0), max_length=MAX_LENGTH))
+    stage = T5Stage(
+        T5Config(
+            model=ModelRef(path=str(model_dir), device="cpu", dtype="float32"),
+            resources=Resources(batch_size=4, num_gpus=0),
+            max_length=MAX_LENGTH,
+        )
+    )
     tokenizer = T5Tokenizer.from_pretrained(model_dir, subfolder="tokenizer")
     encoder = T5EncoderModel.from_pretrained(model_dir, subfolder="text_encoder").eval()
     ours = stage.encode(captions, dtype=np.float32)

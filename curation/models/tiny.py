@@ -28,7 +28,7 @@ import torch
 T5_DIM = 32
 _SEED = 0
 
-_WORDS = (
+_WORDS = (  # noqa: SIM905 (one readable pool of words)
     "a an the this that of in on at with and or by from to under over near behind beside above below "
     "photo photograph image picture painting drawing illustration render portrait landscape close-up view "
     "man woman child person people dog cat horse bird fish coffee cup table chair window door house street "
@@ -80,9 +80,17 @@ def _t5_encoder(vocab_size: int):
     from transformers import T5Config, T5EncoderModel
 
     config = T5Config(
-        vocab_size=vocab_size, d_model=T5_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
-        use_cache=False, tie_word_embeddings=False,
+        vocab_size=vocab_size,
+        d_model=T5_DIM,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",
+        is_encoder_decoder=False,
+        use_cache=False,
+        tie_word_embeddings=False,
     )
     return T5EncoderModel(config)
 
@@ -91,10 +99,16 @@ def _vae():
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=4,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
         block_out_channels=(8, 8, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        sample_size=256, scaling_factor=0.13025,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=256,
+        scaling_factor=0.13025,
     )
 
 
@@ -102,10 +116,22 @@ def _transformer(sample_size: int):
     from diffusers import PixArtTransformer2DModel
 
     return PixArtTransformer2DModel(
-        sample_size=sample_size, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=2,
-        in_channels=4, out_channels=8, caption_channels=T5_DIM, cross_attention_dim=16, attention_bias=True,
-        activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
-        norm_elementwise_affine=False, norm_eps=1e-6, interpolation_scale=None,
+        sample_size=sample_size,
+        num_layers=2,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        in_channels=4,
+        out_channels=8,
+        caption_channels=T5_DIM,
+        cross_attention_dim=16,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+        interpolation_scale=None,
         use_additional_conditions=False,
     )
 
@@ -139,8 +165,14 @@ def _llava_tokenizer():
     trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials, show_progress=False)
     backend.train_from_iterator(itertools.chain(_corpus(), ["USER: ASSISTANT: \" , . ' \n"]), trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"}, padding_side="left", add_bos_token=True,
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+        padding_side="left",
+        add_bos_token=True,
     )
 
 
@@ -167,26 +199,45 @@ def write_llava(directory: Path) -> Path:
     tokenizer = _llava_tokenizer()
     image_size, patch = 32, 8
     image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
     )
     processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1,  # CLS, as llava-hf
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLS, as llava-hf
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
     vision = CLIPVisionConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        image_size=image_size, patch_size=patch, projection_dim=16,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch,
+        projection_dim=16,
     )
     text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     config = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="default", vision_feature_layer=-2, image_seq_length=(image_size // patch) ** 2,
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        image_seq_length=(image_size // patch) ** 2,
     )
     model = LlavaForConditionalGeneration(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

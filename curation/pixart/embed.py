@@ -68,7 +68,13 @@ def _write_tar(path: Path, keys, texts, encoded, max_length: int) -> None:
 def _write_prompt_samples(file, keys, texts, encoded, max_length: int) -> None:
     with wds.TarWriter(file) as sink:
         for key, text, (features, tokens, truncated) in zip(keys, texts, encoded, strict=True):
-            meta = {"key": key, "prompt": text, "t5_tokens": tokens, "t5_truncated": truncated, "max_length": max_length}
+            meta = {
+                "key": key,
+                "prompt": text,
+                "t5_tokens": tokens,
+                "t5_truncated": truncated,
+                "max_length": max_length,
+            }
             t5 = npy_bytes(features.astype(np.float16))
             sink.write({"__key__": key, "txt": text, "json": json.dumps(meta).encode(), "t5.npy": t5})
 

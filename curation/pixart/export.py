@@ -59,8 +59,6 @@ _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 Encoder = Callable[[list[str]], list[np.ndarray]]
 
 
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Files PixArt reads.
 
@@ -209,8 +207,9 @@ def copy_embeddings(fs: AbstractFileSystem, root: str, plan: ExportPlan) -> dict
 class _ShardExporter:
     """Streams shards into the export, a bounded number of samples in flight in a thread pool."""
 
-    def __init__(self, plan: ExportPlan, dataset: tuple[AbstractFileSystem, str], second: SecondCaptionWriter,
-                 workers: int) -> None:
+    def __init__(
+        self, plan: ExportPlan, dataset: tuple[AbstractFileSystem, str], second: SecondCaptionWriter, workers: int
+    ) -> None:
         self.plan, self.dataset, self.second = plan, dataset, second
         self.num_workers = max(1, workers)
         self.stats: Counter = Counter()
@@ -289,18 +288,24 @@ def _notes(plan: ExportPlan, stats: Counter, embeddings: dict[str, Any]) -> list
         "directory): they read output/pretrained_models/ and output/tmp/ relative to the working directory."
     ]
     if embeddings["null_embed"] is None:
-        notes.append(f"No embeddings/{null_embed_name(plan.max_length)} in the dataset: run `curate embed-prompts` "
-                     "first (PixArt-Σ's load_checkpoint needs the file whenever it loads a checkpoint).")
+        notes.append(
+            f"No embeddings/{null_embed_name(plan.max_length)} in the dataset: run `curate embed-prompts` "
+            "first (PixArt-Σ's load_checkpoint needs the file whenever it loads a checkpoint)."
+        )
     if plan.single_scale:
         notes.append(f"Single-scale: {stats['skipped_not_square']} samples outside the square bucket were skipped.")
     if plan.flavor == "sigma" and _real_prompt_ratio(plan, stats) == 1.0:
         notes.append(f"Set real_prompt_ratio=1.0 (Σ configs default to 0.5): {_second_caption_gap(plan, stats)}.")
     if plan.flavor == "alpha":
-        notes.append("Train with the PixArt-alpha repo's train.py: the sigma repo's loop does not read alpha "
-                     "T5 features (§8.14).")
+        notes.append(
+            "Train with the PixArt-alpha repo's train.py: the sigma repo's loop does not read alpha "
+            "T5 features (§8.14)."
+        )
     if stats["skipped_inconsistent"]:
-        notes.append(f"{stats['skipped_inconsistent']} samples skipped: image size, bucket and latent shape "
-                     "disagree (run `curate verify`).")
+        notes.append(
+            f"{stats['skipped_inconsistent']} samples skipped: image size, bucket and latent shape "
+            "disagree (run `curate verify`)."
+        )
     return notes
 
 

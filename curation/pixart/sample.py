@@ -67,8 +67,11 @@ def load_source(source: Path, num: int) -> tuple[list[str], list[np.ndarray], di
         return texts, features, {"max_length": info["max_length"], "embeddings": source}
     manifest = read_manifest(*filesystem(str(source)))
     texts, features = read_prompt_features(sorted((source / "shards").glob("*.tar")), num, skip_keys=set())
-    info = {"max_length": manifest["config"]["t5"]["max_length"], "flavor": manifest["config"].get("flavor"),
-            "embeddings": source / "embeddings"}
+    info = {
+        "max_length": manifest["config"]["t5"]["max_length"],
+        "flavor": manifest["config"].get("flavor"),
+        "embeddings": source / "embeddings",
+    }
     return texts, features, info
 
 
@@ -87,16 +90,25 @@ def _pipeline(model: str, flavor: str, lcm: bool, device: torch.device, dtype: t
     return pipeline.to(device)
 
 
-def generate(pipeline, prompts: PromptEmbeds, null: tuple[torch.Tensor, torch.Tensor] | None, settings: dict,
-             seed: int) -> list[Image.Image]:
+def generate(
+    pipeline, prompts: PromptEmbeds, null: tuple[torch.Tensor, torch.Tensor] | None, settings: dict, seed: int
+) -> list[Image.Image]:
     """One image per prompt; the null embedding is the negative when guidance > 1."""
     images = []
     for i in range(len(prompts.texts)):
-        kwargs = dict(prompt=None, prompt_embeds=prompts.embeds[i : i + 1], prompt_attention_mask=prompts.mask[i : i + 1],
-                      negative_prompt=None, generator=torch.Generator("cpu").manual_seed(seed + i), **settings)
+        kwargs = dict(
+            prompt=None,
+            prompt_embeds=prompts.embeds[i : i + 1],
+            prompt_attention_mask=prompts.mask[i : i + 1],
+            negative_prompt=None,
+            generator=torch.Generator("cpu").manual_seed(seed + i),
+            **settings,
+        )
         if settings["guidance_scale"] > 1:
             if null is None:
-                raise ValueError("guidance > 1 needs the null embedding: run `curate embed-prompts` or pass --null-embed")
+                raise ValueError(
+                    "guidance > 1 needs the null embedding: run `curate embed-prompts` or pass --null-embed"
+                )
             kwargs.update(negative_prompt_embeds=null[0], negative_prompt_attention_mask=null[1])
         images.append(pipeline(**kwargs).images[0])
     return images
@@ -119,8 +131,12 @@ def contact_sheet(images: list[Image.Image], captions: list[str], cell: int = 25
 def _settings(args: argparse.Namespace, pipeline) -> dict:
     size = pipeline.transformer.config.sample_size * pipeline.vae_scale_factor
     steps, guidance = (4, 0.0) if args.lcm else (args.steps, args.guidance)
-    return {"num_inference_steps": steps, "guidance_scale": guidance, "height": args.height or size,
-            "width": args.width or size}
+    return {
+        "num_inference_steps": steps,
+        "guidance_scale": guidance,
+        "height": args.height or size,
+        "width": args.width or size,
+    }
 
 
 def sample_command(args: argparse.Namespace) -> int:
@@ -130,13 +146,16 @@ def sample_command(args: argparse.Namespace) -> int:
         raise ValueError(f"{source} holds no prompt embeddings")
     length = info["max_length"]
     embeds, mask = pad_features(features, length)
-    null_path = Path(args.null_embed) if args.null_embed else info["embeddings"] / f"null_embed_diffusers_{length}token.pth"
+    null_path = (
+        Path(args.null_embed) if args.null_embed else info["embeddings"] / f"null_embed_diffusers_{length}token.pth"
+    )
     null = load_null_embed(null_path) if null_path.exists() else None
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     pipeline = _pipeline(args.model, args.flavor or info.get("flavor") or "sigma", args.lcm, device, dtype)
-    images = generate(pipeline, PromptEmbeds(texts, embeds.to(dtype), mask), _cast(null, dtype),
-                      _settings(args, pipeline), args.seed)
+    images = generate(
+        pipeline, PromptEmbeds(texts, embeds.to(dtype), mask), _cast(null, dtype), _settings(args, pipeline), args.seed
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):

@@ -83,8 +83,12 @@ class T5Stage(Stage):
         if self.encoder is None:
             self.setup()
         tokens = self.tokenizer(
-            [text], padding="max_length", truncation=True, max_length=self.config.max_length,
-            add_special_tokens=True, return_tensors="pt",
+            [text],
+            padding="max_length",
+            truncation=True,
+            max_length=self.config.max_length,
+            add_special_tokens=True,
+            return_tensors="pt",
         )
         mask = tokens["attention_mask"].to(self.device)
         hidden = self.encoder(input_ids=tokens["input_ids"].to(self.device), attention_mask=mask).last_hidden_state

@@ -15,7 +15,9 @@ def test_layouts_match_the_real_repositories(tiny_models):
         assert {"tokenizer", "text_encoder", "vae", "transformer", "scheduler"} <= {p.name for p in root.iterdir()}
         assert (root / "tokenizer" / "spiece.model").is_file()  # as PixArt's diffusers repos ship it
         assert json.loads((root / "model_index.json").read_text())["_class_name"].startswith("PixArt")
-    assert json.loads((tiny_models / "llava" / "config.json").read_text())["architectures"] == ["LlavaForConditionalGeneration"]
+    assert json.loads((tiny_models / "llava" / "config.json").read_text())["architectures"] == [
+        "LlavaForConditionalGeneration"
+    ]
 
 
 def test_t5_tokenizer_is_a_real_sentencepiece_tokenizer(tiny_models):

@@ -24,8 +24,20 @@ def alpha_dataset(demo_build_args, tiny_models, ray_session, tmp_path_factory) -
     args[args.index("--output") + 1] = str(out)
     args[args.index("--input") + 1] = str(ROOT / "examples/images/nested")
     alpha = tiny_models / "pixart_alpha"
-    args += ["--set", "flavor=alpha", "--set", "t5.max_length=120", "--set", "t5.caption_cleaning=alpha",
-             "--set", f"t5.model.path={alpha}", "--set", f"vae.model.path={alpha}", "--set", "vae.scale_factor=0.18215"]
+    args += [
+        "--set",
+        "flavor=alpha",
+        "--set",
+        "t5.max_length=120",
+        "--set",
+        "t5.caption_cleaning=alpha",
+        "--set",
+        f"t5.model.path={alpha}",
+        "--set",
+        f"vae.model.path={alpha}",
+        "--set",
+        "vae.scale_factor=0.18215",
+    ]
     assert main(args) == 0
     return out
 

@@ -37,10 +37,13 @@ def test_build_runs_unchanged_on_a_cluster(two_node_cluster, demo_build_args, ti
     out = tmp_path / "cluster-out"
     args[args.index("--output") + 1] = str(out)
     env = {**os.environ, **LOOPBACK_ONLY, "RAY_ADDRESS": two_node_cluster.address}
-    code = ("import sys; from curation.cli import main; import ray; rc = main(sys.argv[1:]); "
-            "print('NODES', len([n for n in ray.nodes() if n['Alive']])); sys.exit(rc)")
-    result = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
+    code = (
+        "import sys; from curation.cli import main; import ray; rc = main(sys.argv[1:]); "
+        "print('NODES', len([n for n in ray.nodes() if n['Alive']])); sys.exit(rc)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "NODES 2" in result.stdout
     manifest = json.loads((out / "manifest.json").read_text())

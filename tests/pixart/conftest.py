@@ -71,12 +71,26 @@ def _make_sample(rng, key, shard, index, std_scale, second_every) -> tuple[Store
     vae = np.concatenate([mean, std]).astype(np.float16)
     image = _image_bytes(rng, height, width, ext)
     meta = {
-        "key": key, "source": f"synthetic/{key}.{ext}", "width": width, "height": height, "bucket": bucket,
-        "bucket_hw": [bucket_h, bucket_w], "captions": captions, "caption_status": "ok", "t5_tokens": tokens,
-        "t5_truncated": False, "sha256": hashlib.sha256(image).hexdigest(), "phash": "0" * 16,
+        "key": key,
+        "source": f"synthetic/{key}.{ext}",
+        "width": width,
+        "height": height,
+        "bucket": bucket,
+        "bucket_hw": [bucket_h, bucket_w],
+        "captions": captions,
+        "caption_status": "ok",
+        "t5_tokens": tokens,
+        "t5_truncated": False,
+        "sha256": hashlib.sha256(image).hexdigest(),
+        "phash": "0" * 16,
     }
-    files = {ext: image, "json": json.dumps(meta).encode(), "txt": captions["dense"].encode(),
-             "t5.npy": npy_bytes(t5), "vae.npy": npy_bytes(vae)}
+    files = {
+        ext: image,
+        "json": json.dumps(meta).encode(),
+        "txt": captions["dense"].encode(),
+        "t5.npy": npy_bytes(t5),
+        "vae.npy": npy_bytes(vae),
+    }
     return StoredSample(key, shard, height, width, bucket, captions, t5, vae), files
 
 
@@ -91,16 +105,35 @@ def _write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
 
 def _write_index(path: Path, samples: list[StoredSample]) -> None:
     rows = [
-        {"key": s.key, "shard": s.shard, "width": s.width, "height": s.height, "bucket": s.bucket,
-         "bucket_h": int(s.vae.shape[1] * 8), "bucket_w": int(s.vae.shape[2] * 8), "caption": s.captions["dense"],
-         "t5_tokens": int(s.t5.shape[0]), "t5_truncated": False, "sha256": "", "phash": "", "source": ""}
+        {
+            "key": s.key,
+            "shard": s.shard,
+            "width": s.width,
+            "height": s.height,
+            "bucket": s.bucket,
+            "bucket_h": int(s.vae.shape[1] * 8),
+            "bucket_w": int(s.vae.shape[2] * 8),
+            "caption": s.captions["dense"],
+            "t5_tokens": int(s.t5.shape[0]),
+            "t5_truncated": False,
+            "sha256": "",
+            "phash": "",
+            "source": "",
+        }
         for s in samples
     ]
     pq.write_table(pa.Table.from_pylist(rows), path)
 
 
-def build_dataset(root: Path, flavor: str = "sigma", shards: int = 3, per_shard: int = 6, std_scale: float = 0.5,
-                  second_every: int = 2, seed: int = 0) -> dict[str, StoredSample]:
+def build_dataset(
+    root: Path,
+    flavor: str = "sigma",
+    shards: int = 3,
+    per_shard: int = 6,
+    std_scale: float = 0.5,
+    second_every: int = 2,
+    seed: int = 0,
+) -> dict[str, StoredSample]:
     """Write manifest, shards and index; ``second_every=k`` gives every k-th sample an "alt" caption."""
     rng = np.random.default_rng(seed)
     for folder in ("shards", "index"):
@@ -108,13 +141,20 @@ def build_dataset(root: Path, flavor: str = "sigma", shards: int = 3, per_shard:
     stored: dict[str, StoredSample] = {}
     for shard_index in range(shards):
         shard = f"{shard_index:05d}.tar"
-        made = [_make_sample(rng, f"img_{shard_index}_{i:03d}", shard, shard_index * per_shard + i, std_scale,
-                             second_every) for i in range(per_shard)]
+        made = [
+            _make_sample(
+                rng, f"img_{shard_index}_{i:03d}", shard, shard_index * per_shard + i, std_scale, second_every
+            )
+            for i in range(per_shard)
+        ]
         _write_tar(root / "shards" / shard, [(sample.key, files) for sample, files in made])
         _write_index(root / "index" / f"part-{shard_index:05d}.parquet", [sample for sample, _ in made])
         stored.update((sample.key, sample) for sample, _ in made)
-    config = {"flavor": flavor, "t5": {"max_length": TOKENS[flavor]},
-              "vae": {"aspect_ratios": BASE_SIZE, "scale_factor": 0.13025 if flavor == "sigma" else 0.18215}}
+    config = {
+        "flavor": flavor,
+        "t5": {"max_length": TOKENS[flavor]},
+        "vae": {"aspect_ratios": BASE_SIZE, "scale_factor": 0.13025 if flavor == "sigma" else 0.18215},
+    }
     counts = {"input": len(stored), "written": len(stored), "rejected": 0, "failed": 0}
     (root / "manifest.json").write_text(json.dumps({"counts": counts, "config": config, "fingerprint": "test"}))
     return stored

@@ -29,7 +29,9 @@ def test_embed_prompts_writes_both_formats(demo_dataset, tmp_path):
     expected, tokens, _ = stage.encode(["a red fox in the snow"])[0]
     saved = torch.load(out / "tmp" / f"a red fox in the snow_{length}token.pth", weights_only=True)
     assert saved["caption_embeds"].shape[:2] == (1, length) and saved["emb_mask"].sum() == tokens
-    np.testing.assert_allclose(saved["caption_embeds"][0, :tokens].float().numpy(), expected.astype(np.float32), atol=1e-3)
+    np.testing.assert_allclose(
+        saved["caption_embeds"][0, :tokens].float().numpy(), expected.astype(np.float32), atol=1e-3
+    )
 
     with tarfile.open(out / "prompts.tar") as tar:
         names = tar.getnames()

@@ -159,8 +159,13 @@ def test_summary_lists_pixart_config_keys(make_dataset, tmp_path):
     summary = export_pixart(str(dataset), tmp_path / "out", "alpha")
     config = summary["pixart_config"]
     assert config["data_root"] == str((tmp_path / "out").absolute())
-    assert config["data"] == {"type": "InternalDataMS", "root": "InternData", "image_list_json": ["data_info.json"],
-                              "load_vae_feat": True, "load_t5_feat": True}
+    assert config["data"] == {
+        "type": "InternalDataMS",
+        "root": "InternData",
+        "image_list_json": ["data_info.json"],
+        "load_vae_feat": True,
+        "load_t5_feat": True,
+    }
     assert config["aspect_ratio_type"] == f"ASPECT_RATIO_{RES}" and config["scale_factor"] == 0.18215
     assert json.loads((tmp_path / "out/export_summary.json").read_text()) == summary
 

@@ -155,7 +155,7 @@ def test_pad_tokens_repeats_the_last_token():
 
 
 def test_tars_are_not_opened_at_construction(make_dataset, monkeypatch):
-    root, stored = make_dataset()
+    root, _stored = make_dataset()
     monkeypatch.setattr(loader_module, "iter_tar_samples", lambda *args, **kwargs: pytest.fail("tar opened"))
     dataset = ShardBucketDataset(str(root), batch_size=2)
     assert dataset.num_batches() > 0
@@ -167,18 +167,30 @@ def test_batches_feed_a_diffusers_pixart_transformer(make_dataset, micro_conditi
 
     root, _ = make_dataset(shards=1, per_shard=6)
     transformer = PixArtTransformer2DModel(
-        sample_size=32, num_layers=1, attention_head_dim=8, num_attention_heads=3, in_channels=4, out_channels=8,
-        cross_attention_dim=24, caption_channels=16, norm_type="ada_norm_single",
+        sample_size=32,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=3,
+        in_channels=4,
+        out_channels=8,
+        cross_attention_dim=24,
+        caption_channels=16,
+        norm_type="ada_norm_single",
         use_additional_conditions=micro_conditions,
     )
     batch = collect(ShardBucketDataset(str(root), batch_size=2))[0]
     info = batch["data_info"]
-    added = {"resolution": info["img_hw"], "aspect_ratio": info["aspect_ratio"]} if micro_conditions else \
-        {"resolution": None, "aspect_ratio": None}
+    added = (
+        {"resolution": info["img_hw"], "aspect_ratio": info["aspect_ratio"]}
+        if micro_conditions
+        else {"resolution": None, "aspect_ratio": None}
+    )
     with torch.no_grad():
         out = transformer(
-            batch["latents"], encoder_hidden_states=batch["y"].squeeze(1),
-            encoder_attention_mask=batch["y_mask"].squeeze(1).squeeze(1), timestep=torch.tensor([1, 500]),
+            batch["latents"],
+            encoder_hidden_states=batch["y"].squeeze(1),
+            encoder_attention_mask=batch["y_mask"].squeeze(1).squeeze(1),
+            timestep=torch.tensor([1, 500]),
             added_cond_kwargs=added,
         ).sample
     assert out.shape == (2, 8, *batch["latents"].shape[2:])

@@ -51,13 +51,23 @@ def test_vae_and_caption_run_on_cuda(tiny_models):
     row = new_row("k", "test", _jpeg(320, 256))
     bucket, (bucket_h, bucket_w) = bucket_for(256, 320, 256)
     row.update(width=320, height=256, bucket=bucket, bucket_h=bucket_h, bucket_w=bucket_w)
-    caption = CaptionStage(CaptionConfig(model=ModelRef(path=str(tiny_models / "llava")), max_new_tokens=4,
-                                         resources=Resources(num_gpus=1, batch_size=2)))
+    caption = CaptionStage(
+        CaptionConfig(
+            model=ModelRef(path=str(tiny_models / "llava")),
+            max_new_tokens=4,
+            resources=Resources(num_gpus=1, batch_size=2),
+        )
+    )
     caption.setup()
     assert caption.model.device.type == "cuda"
     caption.process_rows([row])
-    vae = VAEStage(VAEConfig(model=ModelRef(path=str(tiny_models / "pixart_sigma"), subfolder="vae"),
-                             aspect_ratios=256, resources=Resources(num_gpus=1, batch_size=2)))
+    vae = VAEStage(
+        VAEConfig(
+            model=ModelRef(path=str(tiny_models / "pixart_sigma"), subfolder="vae"),
+            aspect_ratios=256,
+            resources=Resources(num_gpus=1, batch_size=2),
+        )
+    )
     vae.setup()
     vae.process_rows([row])
     assert row["status"] == "ok" and json.loads(row["captions"])["dense"]
