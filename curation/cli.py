@@ -1,4 +1,4 @@
-"""``curate``: build datasets, export them for PixArt, sample, verify, report."""
+"""curate: build PixArt training datasets on Ray, export them for PixArt, sample, verify, report."""
 
 from __future__ import annotations
 
