@@ -6,6 +6,11 @@ pipeline through exactly the code that loads the real ones:
 - ``DIR/llava``: ``LlavaForConditionalGeneration`` (CLIP vision tower + Llama LM) with a
   ``LlavaProcessor`` (PIL CLIP image processor, BPE tokenizer with ``<image>`` and llava-hf's chat
   template), like ``llava-hf/llava-1.5-7b-hf``.
+- ``DIR/llava_next``: ``LlavaNextForConditionalGeneration`` + ``LlavaNextProcessor`` (PIL AnyRes image
+  processor), like ``llava-hf/llava-v1.6-vicuna-7b-hf``.
+- ``DIR/llava_onevision`` (only where torchvision is installed): ``LlavaOnevisionForConditionalGeneration``
+  (SigLIP + Qwen2) + ``LlavaOnevisionProcessor`` with a Qwen chat template, like
+  ``llava-hf/llava-onevision-qwen2-0.5b-ov-hf``.
 - ``DIR/pixart_sigma`` and ``DIR/pixart_alpha``: diffusers pipeline folders like
   ``PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers`` / ``PixArt-alpha/PixArt-XL-2-1024-MS``:
   ``tokenizer/`` (a SentencePiece model loaded as ``T5Tokenizer``, as PixArt's repos ship it),
@@ -154,106 +159,170 @@ def write_pixart_pipeline(directory: Path, flavor: str) -> Path:
     return directory
 
 
-def _llava_tokenizer():
+def _llava_tokenizer(bos_token: str | None = "<s>", eos_token: str = "</s>"):
+    """Byte-level BPE with the special tokens of llava-hf's Llama (bos ``<s>``) and Qwen2 (eos ``<|im_end|>``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>", "<video>", "<|im_start|>", "<|im_end|>"]
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials, show_progress=False)
-    backend.train_from_iterator(itertools.chain(_corpus(), ["USER: ASSISTANT: \" , . ' \n"]), trainer=trainer)
+    chat_words = "USER: ASSISTANT: user assistant \" , . ' \n"
+    backend.train_from_iterator(itertools.chain(_corpus(), [chat_words]), trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
+        bos_token=bos_token,
+        eos_token=eos_token,
         pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
+        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
         padding_side="left",
-        add_bos_token=True,
+        add_bos_token=bos_token is not None,
     )
 
 
-# llava-hf's chat template (llava-1.5): "USER: <image>\n{text} ASSISTANT:"
+# llava-hf's chat template of llava-1.5 and llava-v1.6-vicuna: "USER: <image>\n{text} ASSISTANT:"
 LLAVA_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
     "{% endif %}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
     "{{ '<image>\n' }}{% endfor %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
     "{{ content['text'] + ' '}}{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
+# llava-hf's OneVision (Qwen2) template: "<|im_start|>user <image>\n{text}<|im_end|><|im_start|>assistant\n"
+ONEVISION_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + ' ' }}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\n' + content['text'] }}"
+    "{% endfor %}{{ '<|im_end|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+IMAGE_SIZE, PATCH = 32, 8  # 4x4 patches per tile (llava-hf: 336 / 14 = 24x24; OneVision: 384 / 14 = 27x27)
+SQUARE = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+GRID_PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]  # AnyRes (height, width): 1x1, 1x2, 2x1, 2x2 tiles
 
 
-def write_llava(directory: Path) -> Path:
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
+def _vision_config(kind: str):
+    """A 2-layer CLIP (llava-1.5 / 1.6) or SigLIP without pooling head (OneVision) vision tower."""
+    from transformers import CLIPVisionConfig, SiglipVisionConfig
+
+    dims = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2)
+    if kind == "siglip":
+        return SiglipVisionConfig(image_size=IMAGE_SIZE, patch_size=PATCH, vision_use_head=False, **dims)
+    return CLIPVisionConfig(image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=16, **dims)
+
+
+def _text_config(config_class, tokenizer):
+    """A 2-layer Llama (llava-1.5 / 1.6) or Qwen2 (OneVision) language model over the tiny vocabulary."""
+    dims = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
     )
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    ids = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
+    return config_class(vocab_size=len(tokenizer), max_position_embeddings=512, **dims, **ids)
 
+
+def _save_vlm(directory: Path, model_class, config, processor) -> Path:
     torch.manual_seed(_SEED)
-    tokenizer = _llava_tokenizer()
-    image_size, patch = 32, 8
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=patch,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # CLS, as llava-hf
-        chat_template=LLAVA_CHAT_TEMPLATE,
-    )
-    vision = CLIPVisionConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=patch,
-        projection_dim=16,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-        image_seq_length=(image_size // patch) ** 2,
-    )
-    model = LlavaForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model = model_class(config)
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
 
 
+def _write_clip_llava(directory: Path, model_class, processor_class, image_processor, **config) -> Path:
+    """llava-1.5 / 1.6 as llava-hf ships them: CLIP + Llama, CLS dropped ("default"), features of layer -2."""
+    from transformers import LlamaConfig
+
+    tokenizer = _llava_tokenizer()
+    processor = processor_class(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=PATCH,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLS
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    model_config = model_class.config_class(
+        vision_config=_vision_config("clip"),
+        text_config=_text_config(LlamaConfig, tokenizer),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        image_seq_length=(IMAGE_SIZE // PATCH) ** 2,
+        **config,
+    )
+    return _save_vlm(directory, model_class, model_config, processor)
+
+
+def write_llava(directory: Path) -> Path:
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size=SQUARE)
+    return _write_clip_llava(directory, LlavaForConditionalGeneration, LlavaProcessor, image_processor)
+
+
+def write_llava_next(directory: Path) -> Path:
+    """Like ``llava-hf/llava-v1.6-vicuna-7b-hf``: AnyRes tiles of the image plus a downscaled base tile."""
+    from transformers import LlavaNextForConditionalGeneration, LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size=SQUARE, image_grid_pinpoints=GRID_PINPOINTS
+    )
+    config = {"image_grid_pinpoints": GRID_PINPOINTS}  # the model unpads the tiles with the same grid
+    return _write_clip_llava(
+        directory, LlavaNextForConditionalGeneration, LlavaNextProcessor, image_processor, **config
+    )
+
+
+def write_llava_onevision(directory: Path) -> Path:
+    """Like ``llava-hf/llava-onevision-qwen2-0.5b-ov-hf``: SigLIP + Qwen2, AnyRes, all patch features ("full").
+
+    Needs torchvision: ``LlavaOnevisionProcessor`` requires a ``LlavaOnevisionVideoProcessor`` (torchvision only,
+    no PIL variant) both to be built and to be loaded by ``AutoProcessor``, even for image-only inputs.
+    """
+    from transformers import LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor, Qwen2Config
+    from transformers.models.llava_onevision import image_processing_pil_llava_onevision as pil
+    from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
+
+    tokenizer = _llava_tokenizer(bos_token=None, eos_token="<|im_end|>")
+    processor = LlavaOnevisionProcessor(
+        image_processor=pil.LlavaOnevisionImageProcessorPil(size=SQUARE, image_grid_pinpoints=GRID_PINPOINTS),
+        tokenizer=tokenizer,
+        video_processor=LlavaOnevisionVideoProcessor(size=SQUARE),
+        num_image_tokens=(IMAGE_SIZE // PATCH) ** 2,
+        vision_feature_select_strategy="full",
+        chat_template=ONEVISION_CHAT_TEMPLATE,
+    )
+    config = LlavaOnevisionForConditionalGeneration.config_class(
+        vision_config=_vision_config("siglip"),
+        text_config=_text_config(Qwen2Config, tokenizer),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_grid_pinpoints=GRID_PINPOINTS,
+    )
+    return _save_vlm(directory, LlavaOnevisionForConditionalGeneration, config, processor)
+
+
 def write_tiny_models(directory: str | Path) -> dict[str, Path]:
-    """Write every tiny model under ``directory``; returns {name: path}."""
+    """Write every tiny model under ``directory``; returns {name: path} (OneVision only where torchvision is)."""
+    from transformers.utils import is_torchvision_available
+
     root = Path(directory)
-    return {
-        "llava": write_llava(root / "llava"),
-        "pixart_sigma": write_pixart_pipeline(root / "pixart_sigma", "sigma"),
-        "pixart_alpha": write_pixart_pipeline(root / "pixart_alpha", "alpha"),
-    }
+    writers = {"llava": write_llava, "llava_next": write_llava_next}
+    if is_torchvision_available():
+        writers["llava_onevision"] = write_llava_onevision
+    paths = {name: write(root / name) for name, write in writers.items()}
+    for flavor in ("sigma", "alpha"):
+        paths[f"pixart_{flavor}"] = write_pixart_pipeline(root / f"pixart_{flavor}", flavor)
+    return paths
 
 
 def ensure_tiny_models(directory: str | Path) -> Path:

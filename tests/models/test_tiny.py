@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
 import torch
 from diffusers import AutoencoderKL, PixArtSigmaPipeline, PixArtTransformer2DModel
 from transformers import AutoModelForImageTextToText, AutoProcessor, T5EncoderModel, T5Tokenizer
+from transformers.utils import is_torchvision_available
 
 from curation.models.tiny import T5_DIM, ensure_tiny_models
 
@@ -49,6 +51,35 @@ def test_llava_generates_through_the_auto_classes(tiny_models):
     inputs = processor(images=[Image.new("RGB", (64, 40), "red")], text=[prompt], return_tensors="pt")
     output = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     assert output.shape[1] > inputs["input_ids"].shape[1]
+
+
+@pytest.mark.parametrize(
+    "family, architecture",
+    [
+        ("llava_next", "LlavaNextForConditionalGeneration"),
+        pytest.param(
+            "llava_onevision",
+            "LlavaOnevisionForConditionalGeneration",
+            marks=pytest.mark.skipif(
+                not is_torchvision_available(),
+                reason="LlavaOnevisionProcessor needs LlavaOnevisionVideoProcessor, which needs torchvision",
+            ),
+        ),
+    ],
+)
+def test_anyres_llavas_load_through_the_auto_classes(tiny_models, family, architecture):
+    folder = tiny_models / family
+    assert json.loads((folder / "config.json").read_text())["architectures"] == [architecture]
+    model = AutoModelForImageTextToText.from_pretrained(folder)
+    processor = AutoProcessor.from_pretrained(folder)
+    assert type(model).__name__ == architecture
+    assert type(processor).__name__ == architecture.replace("ForConditionalGeneration", "Processor")
+    assert processor.image_processor.image_grid_pinpoints == model.config.image_grid_pinpoints
+    assert processor.image_token_id == model.config.image_token_id
+
+
+def test_onevision_is_written_only_with_torchvision(tiny_models):
+    assert (tiny_models / "llava_onevision").is_dir() == is_torchvision_available()
 
 
 def test_pipeline_loads_without_text_encoder(tiny_models):

@@ -1,4 +1,4 @@
-"""CaptionStage on the tiny random-weight LLaVA (real processor, chat template and generate path)."""
+"""CaptionStage on the tiny random-weight LLaVAs (real processors, chat templates and generate path)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from transformers.utils import is_torchvision_available
 
 from curation.config import CaptionConfig, ModelRef, Resources
 from curation.records import FAILED, OK, REJECTED, Row, mark, new_row
@@ -89,6 +90,34 @@ def test_batch_of_three_sizes_gets_captions_and_keeps_alt(stage: CaptionStage) -
     assert captions_of(rows[0])["alt"] == "a red banner"
     assert "alt" not in captions_of(rows[1])
     assert captions_of(rows[2])["alt"] == "sun"
+
+
+LLAVA_FAMILIES = [
+    "llava",  # llava-1.5: one 336px tile
+    "llava_next",  # llava-1.6: AnyRes tiles, image_sizes, a token count that depends on the aspect ratio
+    pytest.param(
+        "llava_onevision",  # SigLIP + Qwen2 chat template, AnyRes
+        marks=pytest.mark.skipif(
+            not is_torchvision_available(),
+            reason="LlavaOnevisionProcessor needs LlavaOnevisionVideoProcessor, which needs torchvision",
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("family", LLAVA_FAMILIES)
+def test_every_llava_family_captions_mixed_sizes_independently_of_the_batch(tiny_models: Path, family: str) -> None:
+    stage = ready_stage(tiny_models, model=ModelRef(path=str(tiny_models / family), device="cpu", dtype="float32"))
+    specs = [("wide", (320, 90), "red", "a red banner " * 4), ("tall", (50, 200), "blue", None)]
+    specs.append(("square", (128, 128), "yellow", "sun"))
+    batch = [image_row(key, size, color, alt=alt) for key, size, color, alt in specs]
+    stage.process_batch(batch)
+    for spec, batched in zip(specs, batch, strict=True):
+        assert batched["status"] == OK, batched["detail"]
+        assert captions_of(batched)["dense"].strip()
+        alone = image_row(*spec[:3], alt=spec[3])
+        stage.process_batch([alone])
+        assert captions_of(alone)["dense"] == captions_of(batched)["dense"], spec[0]
 
 
 @pytest.fixture(scope="module")
