@@ -82,29 +82,26 @@ class T5Stage(Stage):
         """
         if self.encoder is None:
             self.setup()
-        tokens = self.tokenizer(
-            [text],
-            padding="max_length",
-            truncation=True,
-            max_length=self.config.max_length,
-            add_special_tokens=True,
-            return_tensors="pt",
-        )
-        mask = tokens["attention_mask"].to(self.device)
-        hidden = self.encoder(input_ids=tokens["input_ids"].to(self.device), attention_mask=mask).last_hidden_state
-        return hidden[0].float().cpu().numpy(), int(mask.sum())
+        hidden, real = self._run_encoder([text], padding="max_length")
+        return hidden[0], int(real[0].sum())
 
     def _untruncated_lengths(self, texts: list[str]) -> list[int]:
         """Token counts including EOS, before truncation (so over-long captions can be flagged)."""
         encoded = self.tokenizer(texts, padding=False, truncation=False, add_special_tokens=True, verbose=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
-    @torch.inference_mode()
     def _encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         """One micro-batch padded to its longest caption; returns each caption's real-token rows (float32)."""
+        hidden, real = self._run_encoder(texts, padding="longest")
+        # Selecting by mask (not ``[:count]``) also holds for a tokenizer that pads on the left.
+        return [hidden[row][real[row]] for row in range(len(texts))]
+
+    @torch.inference_mode()
+    def _run_encoder(self, texts: list[str], padding: str) -> tuple[np.ndarray, np.ndarray]:
+        """Tokenize (truncating at max_length) and encode: float32 hidden states [B, L, D] and the real-token mask."""
         tokens = self.tokenizer(
             texts,
-            padding="longest",
+            padding=padding,
             truncation=True,
             max_length=self.config.max_length,
             add_special_tokens=True,
@@ -112,9 +109,7 @@ class T5Stage(Stage):
         )
         mask = tokens["attention_mask"].to(self.device)
         hidden = self.encoder(input_ids=tokens["input_ids"].to(self.device), attention_mask=mask).last_hidden_state
-        hidden, real = hidden.float().cpu().numpy(), mask.bool().cpu().numpy()
-        # Selecting by mask (not ``[:count]``) also holds for a tokenizer that pads on the left.
-        return [hidden[row][real[row]] for row in range(len(texts))]
+        return hidden.float().cpu().numpy(), mask.bool().cpu().numpy()
 
     def process_rows(self, rows: list[Row]) -> None:
         self.isolate_failures(rows, self._encode_rows)
