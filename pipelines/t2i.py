@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib import metadata
 
@@ -19,7 +20,7 @@ import pyarrow as pa
 import ray
 import ray.data
 
-from curation.config import RunConfig, fingerprint
+from curation.config import ReaderConfig, RunConfig, fingerprint
 from curation.io import readers, writer
 from curation.models.loading import provenance
 from curation.models.tiny import ensure_tiny_models
@@ -36,7 +37,7 @@ READ_CHUNK_ROWS = 64  # rows per block out of a read task: bounds block size for
 _PACKAGES = ("pixart-curation", "torch", "transformers", "diffusers", "ray", "webdataset", "pyarrow", "pillow")
 
 
-def read_units(table: pa.Table, reader_config, done_ref: list) -> pa.Table:
+def read_units(table: pa.Table, reader_config: ReaderConfig, done_ref: list) -> Iterator[pa.Table]:
     """Ray task: expand read units into sample rows, skipping keys an earlier run already finished."""
     done = _cached_done_keys(done_ref[0])
     for unit_json in table.column("unit").to_pylist():
