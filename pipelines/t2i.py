@@ -22,7 +22,7 @@ import ray.data
 
 from curation.config import ReaderConfig, RunConfig, fingerprint
 from curation.io import readers, writer
-from curation.models.loading import provenance
+from curation.models.loading import check_model_paths, provenance
 from curation.models.tiny import ensure_tiny_models
 from curation.records import rows_to_table
 from curation.stages.caption import CaptionStage
@@ -92,6 +92,7 @@ def run(config: RunConfig, overwrite: bool = False) -> dict:
         raise ValueError("no output: give --output DIR or set `output:` in the config")
     if config.tiny_models_dir:
         ensure_tiny_models(config.tiny_models_dir)
+    check_model_paths([config.caption.model, config.t5.model, config.vae.model])
     started = _now()
     run_fingerprint = fingerprint(config)
     writer.prepare_output(config.output, run_fingerprint, overwrite)

@@ -52,3 +52,8 @@ def folder_keys(relative_paths: list[str]) -> dict[str, str]:
     for path, stem in stems.items():
         keys[path] = _with_hash(_clean(stem), path) if stem_counts[stem] > 1 else sanitize_key(stem)
     return keys
+
+
+def disambiguate(key: str, source_id: str) -> str:
+    """``key`` made unique by a hash of where it came from (for keys that collide across inputs)."""
+    return _with_hash(key, source_id)

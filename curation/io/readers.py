@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from curation.config import ReaderConfig
-from curation.io.keys import folder_keys, sanitize_key
+from curation.io.keys import disambiguate, folder_keys, sanitize_key
 from curation.records import REJECTED, Row, mark, new_row
 from curation.stages.base import error_detail
 
@@ -55,9 +55,24 @@ def plan_inputs(uris: list[str], reader_config: ReaderConfig) -> list[dict[str, 
     nothing raises ``FileNotFoundError``.
     """
     units: list[dict[str, Any]] = []
-    for uri in uris:
+    for uri in dict.fromkeys(uris):  # the same input given twice is read once
         units.extend(_plan_uri(uri, reader_config))
+    _disambiguate_folder_keys(units)
     return units
+
+
+def _disambiguate_folder_keys(units: list[dict[str, Any]]) -> None:
+    """Two inputs with the same relative path (``a/x.jpg`` under two roots) would share a key: both colliding
+    files get a hash of their full location instead. Keys of tar and parquet members are only known when
+    read, so ``curate verify`` is what catches their cross-input collisions.
+    """
+    folder_files = [(unit["root"], entry) for unit in units if unit["kind"] == "folder" for entry in unit["files"]]
+    roots_per_key: dict[str, set[str]] = {}
+    for root, (_, key, _) in folder_files:
+        roots_per_key.setdefault(key, set()).add(root)
+    for root, entry in folder_files:
+        if len(roots_per_key[entry[1]]) > 1:
+            entry[1] = disambiguate(entry[1], f"{root}/{entry[0]}")
 
 
 def _plan_uri(uri: str, config: ReaderConfig) -> list[dict[str, Any]]:

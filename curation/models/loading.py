@@ -76,3 +76,15 @@ def provenance(ref: ModelRef, subfolders: list[str | None] | None = None) -> dic
     else:
         record["revision"] = ref.revision or "main (unpinned)"
     return record
+
+
+def looks_local(path: str) -> bool:
+    """A filesystem path rather than a hub id (``org/name`` has exactly one slash and no leading dot)."""
+    return path.startswith(("/", ".", "~")) or path.count("/") > 1
+
+
+def check_model_paths(refs: list[ModelRef]) -> None:
+    """Fail on the driver, with the path in the message, before any worker tries to load a missing model."""
+    missing = sorted({ref.path for ref in refs if looks_local(ref.path) and not Path(ref.path).expanduser().exists()})
+    if missing:
+        raise FileNotFoundError(f"model path not found: {', '.join(missing)} (hub ids look like org/name)")

@@ -281,3 +281,16 @@ def test_inputs_on_a_non_local_fsspec_filesystem_are_planned_and_read():
     rows = by_key(read_all(units))
     assert rows["k1"]["alt"] == "remote caption" and rows["k1"]["source"].startswith("memory://")
     assert rows["x"]["status"] == OK and rows["part_00000000"]["status"] == OK
+
+
+def test_same_relative_path_under_two_inputs_gets_distinct_stable_keys(tmp_path):
+    for name in ("first", "second"):
+        write(tmp_path / name / "photos" / "x.jpg", image_bytes(fmt="JPEG"))
+        write(tmp_path / name / f"only_{name}.png", image_bytes())
+    inputs = [str(tmp_path / "first"), str(tmp_path / "second")]
+    rows = read_all(plan_inputs(inputs, ReaderConfig()))
+    keys = [row["key"] for row in rows]
+    assert len(keys) == len(set(keys)) == 4
+    assert {"only_first", "only_second"} <= set(keys)  # keys that do not collide stay plain
+    assert sorted(keys) == sorted(row["key"] for row in read_all(plan_inputs(inputs, ReaderConfig())))
+    assert len(read_all(plan_inputs([inputs[0], inputs[0]], ReaderConfig()))) == 2  # a repeated input is read once

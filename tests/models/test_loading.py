@@ -1,7 +1,15 @@
+import pytest
 import torch
 
 from curation.config import ModelRef
-from curation.models.loading import pretrained_kwargs, provenance, resolve_device, resolve_dtype
+from curation.models.loading import (
+    check_model_paths,
+    looks_local,
+    pretrained_kwargs,
+    provenance,
+    resolve_device,
+    resolve_dtype,
+)
 
 
 def test_auto_device_and_dtype_on_a_cpu_worker():
@@ -28,3 +36,11 @@ def test_provenance_hashes_local_weights_and_notes_unpinned_hub_ids(tmp_path):
     assert provenance(ModelRef(path=str(tmp_path), subfolder="vae"))["weights_sha256_sampled"] != first
     assert provenance(ModelRef(path="org/not-local"))["revision"] == "main (unpinned)"
     assert provenance(ModelRef(path="org/not-local", revision="v1"))["revision"] == "v1"
+
+
+def test_missing_local_model_paths_fail_early_and_hub_ids_pass(tmp_path):
+    assert looks_local("./models/llava") and looks_local("/abs/path") and looks_local("a/b/c")
+    assert not looks_local("llava-hf/llava-1.5-7b-hf")
+    check_model_paths([ModelRef(path="llava-hf/llava-1.5-7b-hf"), ModelRef(path=str(tmp_path))])
+    with pytest.raises(FileNotFoundError, match="missing-model"):
+        check_model_paths([ModelRef(path=str(tmp_path / "missing-model"))])

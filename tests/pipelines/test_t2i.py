@@ -122,3 +122,11 @@ def test_changed_config_is_refused_without_overwrite(demo_output, capsys):
 def test_verify_passes_on_the_demo_dataset(demo_output):
     out, _ = demo_output
     assert main(["verify", str(out)]) == 0
+
+
+def test_missing_model_path_is_a_clear_error_before_any_work(demo_build_args, tmp_path, capsys):
+    args = list(demo_build_args)
+    args[args.index("--output") + 1] = str(tmp_path / "never-written")
+    assert main([*args, "--set", f"vae.model.path={tmp_path}/no-such-vae"]) == 2
+    assert "no-such-vae" in capsys.readouterr().err
+    assert not (tmp_path / "never-written" / "shards").exists()
