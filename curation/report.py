@@ -170,7 +170,7 @@ def _thumbnails_section(fs: AbstractFileSystem, root: str, shards: list[str]) ->
     figures: list[str] = []
     for shard in shards:
         with fs.open(f"{root}/{SHARDS_DIR}/{shard}", "rb") as file:
-            for key, members in iter_tar_samples(file):
+            for key, members in iter_tar_samples(file, (*IMAGE_EXTS, "json", "txt")):
                 figure = _sample_figure(key, members)
                 if figure:
                     figures.append(figure)

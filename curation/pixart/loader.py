@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -37,6 +37,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from curation.io.layout import SHARDS_DIR, filesystem, iter_tar_samples, load_npy, read_index, read_manifest
 
 _INDEX_COLUMNS = ["key", "shard", "bucket"]
+TRAINING_MEMBERS = ("json", "t5.npy", "vae.npy")  # training never decodes the image: skip its bytes
 
 
 def read_sorted_index(dataset_uri: str) -> pa.Table:
@@ -48,11 +49,15 @@ def read_sorted_index(dataset_uri: str) -> pa.Table:
 
 
 def iter_shard(
-    fs: AbstractFileSystem, root: str, shard: str, keep: Callable[[str], bool] | None = None
+    fs: AbstractFileSystem,
+    root: str,
+    shard: str,
+    keep: Callable[[str], bool] | None = None,
+    extensions: Collection[str] | None = None,
 ) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Stream the samples of ``shards/<shard>`` (only the keys ``keep`` accepts)."""
+    """Stream the samples of ``shards/<shard>`` (only the keys ``keep`` accepts, only ``extensions`` read)."""
     with fs.open(f"{root}/{SHARDS_DIR}/{shard}", "rb") as file:
-        for key, members in iter_tar_samples(file):
+        for key, members in iter_tar_samples(file, extensions):
             if keep is None or keep(key):
                 yield key, members
 
@@ -298,7 +303,7 @@ class ShardBucketDataset(IterableDataset):
     def _samples(self, work: list[Assignment]) -> Iterator[Sample]:
         for assignment in work:
             keep = None if assignment.sharers == 1 else frozenset(self._shard_rows(assignment)[0]).__contains__
-            for key, files in iter_shard(self.fs, self.root, assignment.shard, keep):
+            for key, files in iter_shard(self.fs, self.root, assignment.shard, keep, TRAINING_MEMBERS):
                 yield Sample.from_files(key, files)
 
 
