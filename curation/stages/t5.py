@@ -74,7 +74,6 @@ class T5Stage(Stage):
                 results[index] = (array.astype(dtype), array.shape[0], truncated)
         return results
 
-    @torch.inference_mode()
     def encode_padded(self, text: str) -> tuple[np.ndarray, int]:
         """PixArt's own procedure for one text: padded to max_length, all T rows kept (float32), + real count.
 
