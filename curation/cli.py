@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 
 from curation.config import ConfigError
+from curation.stats import format_stage_table
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -24,6 +25,9 @@ def _build(args: argparse.Namespace) -> int:
     if updates:
         config = with_updates(config, **updates)
     manifest = t2i.run(config, overwrite=args.overwrite)
+    print(format_stage_table(manifest.get("stages", {})))
+    if manifest.get("unaccounted"):
+        print(f"warning: {manifest['unaccounted']} input(s) not accounted for (read vs written + rejected + failed)")
     print(json.dumps({"output": config.output, "counts": manifest["counts"]}, indent=2))
     return 0
 

@@ -28,7 +28,13 @@ class Resources(Strict):
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     num_workers: int = Field(1, ge=1, description="fixed actor-pool size (model stages) or task concurrency")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="model micro-batch (what one forward pass / generate call takes)")
+    rows_per_block: int | None = Field(
+        None,
+        ge=1,
+        description="rows a worker receives at once (default: the stage's own); T5 sorts and the VAE "
+        "groups by bucket within it. Bounded in bytes by ray.max_block_bytes",
+    )
 
     @field_validator("num_gpus")
     @classmethod
@@ -49,7 +55,9 @@ class ModelRef(Strict):
 
 
 class ReaderConfig(Strict):
-    extensions: list[str] = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"]
+    extensions: list[str] | None = Field(
+        None, description="folder inputs: only files with these extensions are read (skipped ones are counted)"
+    )
     image_column: str = "image"  # parquet: bytes (or {"bytes": ...} struct) column
     path_column: str | None = None  # parquet: column of image paths/URIs, used when image_column is absent
     key_column: str | None = None  # parquet: stable id column; else FILE-STEM_ROW
@@ -63,6 +71,9 @@ class FilterConfig(Strict):
     max_aspect_ratio: float = Field(4.0, ge=1.0, description="max of h/w and w/h")
     max_pixels: int = Field(178_956_970, ge=1, description="decompression-bomb guard (PIL's default limit)")
     max_bytes: int = Field(100 * 2**20, ge=1)
+    draft: bool = Field(
+        True, description="reduced-scale JPEG decode (>= 2x every prepared size) when the original is kept"
+    )
 
 
 class CaptionConfig(Strict):
@@ -94,6 +105,8 @@ class VAEConfig(Strict):
     aspect_ratios: Literal[256, 512, 1024, 2048] = 1024
     interpolation: Literal["bicubic", "lanczos"] = "bicubic"
     scale_factor: float = Field(0.13025, description="recorded for training; latents are stored unscaled")
+    channels_last: bool = Field(True, description="NHWC convolutions (faster on CPU and on tensor cores)")
+    compile: bool = Field(False, description="torch.compile the encoder (CUDA; pays a warm-up per bucket shape)")
 
 
 class WriterConfig(Strict):
@@ -105,6 +118,9 @@ class RayConfig(Strict):
     address: str | None = None  # else RAY_ADDRESS, else an embedded local Ray
     num_cpus: int | None = None  # embedded Ray only
     object_store_memory: int | None = None  # embedded Ray only
+    max_block_bytes: int = Field(
+        64 * 2**20, ge=2**20, description="Ray Data's target block size: bounds what a block of prepared pixels holds"
+    )
 
 
 class RunConfig(Strict):
@@ -122,7 +138,9 @@ class RunConfig(Strict):
 
 
 # Sizing and placement: changing them never changes the output, so they stay out of the fingerprint.
-_NOT_FINGERPRINTED = {"input", "output", "ray", "resources", "device", "num_workers", "tiny_models_dir"}
+_NOT_FINGERPRINTED = {
+    "input", "output", "ray", "resources", "device", "num_workers", "tiny_models_dir", "channels_last", "compile",
+}  # fmt: skip
 
 
 def _drop_keys(value: Any) -> Any:

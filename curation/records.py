@@ -2,13 +2,16 @@
 
 Every stage receives and returns rows with exactly these columns, so Ray Data blocks always share one
 Arrow schema (blocks whose nullable columns happened to be all-null would otherwise disagree).
-Images travel as encoded bytes; arrays (T5 features, VAE moments) travel as ``.npy`` bytes.
+Images travel as encoded bytes; arrays (T5 features, VAE moments) travel as ``.npy`` bytes. Pixels prepared
+on CPUs for a model stage travel as raw uint8 HWC bytes plus their shape (``*_pixels`` / ``*_shape``) and are
+dropped by the stage that consumes them, so a row only carries what is still ahead of it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 OK = "ok"
@@ -40,8 +43,16 @@ ROW_SCHEMA = pa.schema(
         ("t5_tokens", pa.int32()),
         ("t5_truncated", pa.bool_()),
         ("vae", pa.binary()),  # .npy float16 [8, h/8, w/8]
+        # Prepared model inputs (uint8 HWC bytes + [h, w, 3]), made once from one decode on CPUs:
+        ("vae_pixels", pa.binary()),  # the bucket crop (resize-to-cover + centre crop)
+        ("vae_shape", pa.list_(pa.int32())),
+        ("caption_pixels", pa.binary()),  # the image shrunk to caption.max_image_side
+        ("caption_shape", pa.list_(pa.int32())),
+        ("scorer_pixels", pa.binary()),  # a small view for the model scorers
+        ("scorer_shape", pa.list_(pa.int32())),
     ]
 )
+PIXEL_INPUTS = ("vae", "caption", "scorer")
 COLUMNS = tuple(ROW_SCHEMA.names)
 
 Row = dict[str, Any]
@@ -57,7 +68,30 @@ def new_row(key: str, source: str, image: bytes | None, alt: str | None = None) 
 def mark(row: Row, status: str, stage: str, reason: str, detail: str = "") -> Row:
     """Take a row out of the flow (rejected or failed); its heavy payloads are dropped."""
     row.update(status=status, stage=stage, reason=reason, detail=detail[:2000], image=None, t5=None, vae=None)
+    for name in PIXEL_INPUTS:
+        drop_pixels(row, name)
     return row
+
+
+def put_pixels(row: Row, name: str, pixels: np.ndarray) -> None:
+    """Store a prepared uint8 HWC array for the stage ``name`` (one of ``PIXEL_INPUTS``)."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 3:
+        raise ValueError(f"{name} pixels must be uint8 HWC, got {pixels.dtype} {pixels.shape}")
+    row[f"{name}_pixels"] = np.ascontiguousarray(pixels).tobytes()
+    row[f"{name}_shape"] = list(pixels.shape)
+
+
+def get_pixels(row: Row, name: str) -> np.ndarray:
+    """The prepared uint8 HWC array for ``name`` (read-only view of the row's bytes)."""
+    data, shape = row.get(f"{name}_pixels"), row.get(f"{name}_shape")
+    if data is None or shape is None:
+        raise ValueError(f"row {row.get('key')!r} carries no prepared {name} pixels (the filter stage makes them)")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+
+def drop_pixels(row: Row, name: str) -> None:
+    row[f"{name}_pixels"] = None
+    row[f"{name}_shape"] = None
 
 
 def is_ok(row: Row) -> bool:

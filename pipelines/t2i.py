@@ -11,7 +11,9 @@ import functools
 import json
 import logging
 import os
+import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib import metadata
@@ -27,9 +29,11 @@ from curation.models.tiny import ensure_tiny_models
 from curation.records import rows_to_table
 from curation.stages.caption import CaptionStage
 from curation.stages.filter import FilterStage
+from curation.stages.prepare import PrepareSpec
 from curation.stages.t5 import T5Stage
 from curation.stages.vae import VAEStage
-from pipelines.ray_stages import apply_stage
+from curation.stats import summarize_idle
+from pipelines.ray_stages import StatsRecorder, apply_stage
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +41,35 @@ READ_CHUNK_ROWS = 64  # rows per block out of a read task: bounds block size for
 _PACKAGES = ("pixart-curation", "torch", "transformers", "diffusers", "ray", "webdataset", "pyarrow", "pillow")
 
 
-def read_units(table: pa.Table, reader_config: ReaderConfig, done_ref: list) -> Iterator[pa.Table]:
-    """Ray task: expand read units into sample rows, skipping keys an earlier run already finished."""
+def read_units(
+    table: pa.Table, reader_config: ReaderConfig, max_bytes: int, done_ref: list, recorder
+) -> Iterator[pa.Table]:
+    """Ray task: expand read units into sample rows, skipping keys an earlier run already finished.
+
+    Every input read is counted here, per unit, whatever becomes of it (skipped as done included), so
+    ``counts.input`` is measured independently of the outcomes.
+    """
     done = _cached_done_keys(done_ref[0])
     for unit_json in table.column("unit").to_pylist():
-        chunk = []
-        for row in readers.iter_unit(json.loads(unit_json), reader_config):
+        unit = json.loads(unit_json)
+        started, start = time.time(), time.perf_counter()
+        chunk, outcomes = [], Counter()
+        for row in readers.iter_unit(unit, reader_config, max_bytes=max_bytes):
             if row["key"] in done:
+                outcomes["already_done"] += 1
                 continue
+            outcomes[row["status"]] += 1
             chunk.append(row)
             if len(chunk) >= READ_CHUNK_ROWS:
                 yield rows_to_table(chunk)
                 chunk = []
         if chunk:
             yield rows_to_table(chunk)
+        read = sum(outcomes.values())
+        recorder.record_inputs.remote(unit["unit_id"], {"input": read, "already_done": outcomes["already_done"]})
+        figures = {"rows_in": read, "rows_out": dict(outcomes), "seconds": time.perf_counter() - start}
+        figures.update(worker=f"{os.uname().nodename}:{os.getpid()}", started_at=started, ended_at=time.time())
+        recorder.record.remote("read", figures)
 
 
 @functools.lru_cache(maxsize=2)
@@ -58,7 +77,7 @@ def _cached_done_keys(ref) -> frozenset[str]:
     return frozenset(ray.get(ref))
 
 
-def build(config: RunConfig, units: list[dict], done_keys: set[str]) -> ray.data.Dataset:
+def build(config: RunConfig, units: list[dict], done_keys: set[str], recorder) -> ray.data.Dataset:
     """The Ray Data graph for one run; executed by ``write_datasink`` (lazy until then)."""
     done_ref = ray.put(sorted(done_keys))
     dataset = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=max(1, len(units)))
@@ -66,20 +85,39 @@ def build(config: RunConfig, units: list[dict], done_keys: set[str]) -> ray.data
         read_units,
         batch_size=1,
         batch_format="pyarrow",
-        fn_kwargs={"reader_config": config.reader, "done_ref": [done_ref]},
+        fn_kwargs={
+            "reader_config": config.reader,
+            "max_bytes": config.filter.max_bytes,
+            "done_ref": [done_ref],
+            "recorder": recorder,
+        },
         num_cpus=1,
     )
     for factory in stage_factories(config):
-        dataset = apply_stage(dataset, factory)
+        dataset = apply_stage(dataset, factory, recorder)
     return dataset
 
 
+def prepare_spec(config: RunConfig) -> PrepareSpec:
+    """What the filter stage prepares, from one decode, for the model stages that follow it."""
+    return PrepareSpec(
+        base_size=config.vae.aspect_ratios,
+        interpolation=config.vae.interpolation,
+        caption_max_side=config.caption.max_image_side,
+        draft=config.filter.draft,
+    )
+
+
 def stage_factories(config: RunConfig) -> list:
-    """The stages in data-flow order; each factory builds a stage inside its worker."""
+    """The stages in data-flow order; each factory builds a stage inside its worker.
+
+    The VAE runs before the caption stage: its prepared pixels (the largest thing a row carries) leave the
+    row there, so rows queued in front of the slowest stage, the captioner, stay small.
+    """
     return [
-        functools.partial(FilterStage, config.filter, config.vae.aspect_ratios),
-        functools.partial(CaptionStage, config.caption),
+        functools.partial(FilterStage, config.filter, prepare_spec(config)),
         functools.partial(VAEStage, config.vae),
+        functools.partial(CaptionStage, config.caption),
         functools.partial(T5Stage, config.t5),
     ]
 
@@ -96,22 +134,35 @@ def run(config: RunConfig, overwrite: bool = False) -> dict:
     started = _now()
     run_fingerprint = fingerprint(config)
     writer.prepare_output(config.output, run_fingerprint, overwrite)
-    units = readers.plan_inputs(config.input, config.reader)
+    plan = readers.plan_inputs(config.input, config.reader)
+    units = plan.units
     done = writer.done_keys(config.output)
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     log.info("run %s: %d read units, %d samples already done", run_id, len(units), len(done))
     _init_ray(config)
-    dataset = build(config, units, done)
+    recorder = StatsRecorder.remote()
+    dataset = build(config, units, done, recorder)
     dataset.write_datasink(
-        writer.ShardSink(config.output, config.writer.samples_per_shard, run_id),
+        writer.ShardSink(config.output, config.writer.samples_per_shard, run_id, recorder),
         concurrency=config.writer.num_workers,
     )
-    return writer.finalize(config.output, _manifest_fields(config, run_fingerprint, run_id, started))
+    stats = ray.get(recorder.snapshot.remote())
+    ray.kill(recorder)
+    fields = _manifest_fields(config, run_fingerprint, run_id, started)
+    flow = ["read", *(factory().name for factory in stage_factories(config)), "write"]
+    stages = {name: stats["stages"].get(name) or summarize_idle() for name in flow}
+    fields.update(stages=stages, inputs={**stats["inputs"], **plan.counts()})
+    return writer.finalize(config.output, fields, inputs_read=stats["inputs"].get("input", 0))
 
 
 def _init_ray(config: RunConfig) -> None:
-    if ray.is_initialized():
-        return
+    if not ray.is_initialized():
+        _connect_ray(config)
+    context = ray.data.DataContext.get_current()
+    context.target_max_block_size = config.ray.max_block_bytes
+
+
+def _connect_ray(config: RunConfig) -> None:
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)

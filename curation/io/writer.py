@@ -9,8 +9,10 @@ an index is an interrupted write: ``prepare_output`` deletes it and its samples 
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -168,7 +170,7 @@ class ShardSink(Datasink[dict[str, Any]]):
     overwrites an earlier run's shards.
     """
 
-    def __init__(self, output_dir: str, samples_per_shard: int, run_id: str) -> None:
+    def __init__(self, output_dir: str, samples_per_shard: int, run_id: str, recorder=None) -> None:
         if samples_per_shard < 1:
             raise ValueError("samples_per_shard must be >= 1")
         if not _RUN_ID.match(run_id):
@@ -176,12 +178,23 @@ class ShardSink(Datasink[dict[str, Any]]):
         self.output_dir = output_dir
         self.samples_per_shard = samples_per_shard
         self.run_id = run_id
+        self.recorder = recorder  # a pipelines.ray_stages.StatsRecorder handle, or None
 
     @property
     def min_rows_per_write(self) -> int:
         return self.samples_per_shard
 
     def write(self, blocks: Iterable[Block], ctx: TaskContext) -> dict[str, Any]:
+        started, start = time.time(), time.perf_counter()
+        result = self._write(blocks, ctx)
+        if self.recorder is not None:
+            out = {"ok": result["written"], "rejected": result["rejected"], "failed": result["failed"]}
+            figures = {"rows_in": sum(out.values()), "rows_out": out, "seconds": time.perf_counter() - start}
+            figures["worker"] = f"{os.uname().nodename}:{os.getpid()}"
+            self.recorder.record.remote("write", {**figures, "started_at": started, "ended_at": time.time()})
+        return result
+
+    def _write(self, blocks: Iterable[Block], ctx: TaskContext) -> dict[str, Any]:
         fs, root = filesystem(self.output_dir)
         prefix = f"{self.run_id}-{ctx.task_idx:05d}"
         pending: list[Row] = []
@@ -321,10 +334,21 @@ def dataset_summary(output_dir: str) -> dict[str, Any]:
     }
 
 
-def finalize(output_dir: str, manifest_fields: dict[str, Any]) -> dict[str, Any]:
-    """Write ``manifest.json`` (last, atomically): caller's fields + the summary computed here."""
+def finalize(output_dir: str, manifest_fields: dict[str, Any], inputs_read: int | None = None) -> dict[str, Any]:
+    """Write ``manifest.json`` (last, atomically): caller's fields + the summary computed here.
+
+    ``inputs_read`` is what the readers counted this run; ``counts.input`` is that number, and a
+    difference from written + rejected + failed (inputs lost, or samples whose inputs were removed
+    since an earlier run) is recorded as ``unaccounted``.
+    """
     fs, root = filesystem(output_dir)
-    manifest = {"format_version": MANIFEST_FORMAT, **manifest_fields, **dataset_summary(output_dir)}
+    summary = dataset_summary(output_dir)
+    if inputs_read is not None:
+        outcomes = summary["counts"]["input"]
+        summary["counts"]["input"] = inputs_read
+        if outcomes != inputs_read:
+            summary["unaccounted"] = inputs_read - outcomes
+    manifest = {"format_version": MANIFEST_FORMAT, **manifest_fields, **summary}
     write_json(fs, f"{root}/{MANIFEST}", manifest)
     return manifest
 

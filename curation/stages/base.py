@@ -16,6 +16,7 @@ from typing import ClassVar
 
 from curation.config import Resources
 from curation.records import FAILED, Row, is_ok, mark
+from curation.stages.metrics import StageMetrics
 
 
 def error_detail(error: BaseException) -> str:
@@ -28,9 +29,16 @@ class Stage(ABC):
 
     name: ClassVar[str]
     uses_model: ClassVar[bool] = False  # model stages run in a fixed actor pool, setup() once per actor
+    default_rows_per_block: ClassVar[int] = 32  # rows per worker call unless resources.rows_per_block says
 
     def __init__(self, resources: Resources) -> None:
         self.resources = resources
+        self.metrics = StageMetrics()
+
+    @property
+    def rows_per_block(self) -> int:
+        """Rows one worker call receives: at least one full model micro-batch."""
+        return self.resources.rows_per_block or max(self.resources.batch_size, self.default_rows_per_block)
 
     def setup(self) -> None:
         """Load models / heavy state. Called once per worker before the first batch."""

@@ -16,8 +16,8 @@ kernels are not guaranteed deterministic.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
+import time
 from collections.abc import Iterator
 
 import torch
@@ -25,7 +25,7 @@ from PIL import Image
 
 from curation.config import CaptionConfig
 from curation.models.loading import pretrained_kwargs, resolve_device, resolve_dtype
-from curation.records import FAILED, Row, mark
+from curation.records import FAILED, Row, drop_pixels, get_pixels, mark
 from curation.stages.base import Stage, error_detail
 
 STATUS_OK = "ok"
@@ -44,24 +44,6 @@ def caption_prompt(config: CaptionConfig, alt: str | None) -> str:
 def chat_conversation(prompt: str) -> list[dict]:
     """One user turn holding the image and the instruction (the processor inserts its image tokens)."""
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-
-
-def _shrunk_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
-    width, height = size
-    scale = min(1.0, max_side / max(width, height))
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def decode_image(data: bytes, max_side: int) -> Image.Image:
-    """RGB image with its longest side <= ``max_side`` (JPEGs are decoded at reduced scale directly)."""
-    image = Image.open(io.BytesIO(data))
-    target = _shrunk_size(image.size, max_side)
-    if image.format == "JPEG":
-        # draft() picks a DCT scale that keeps both sides >= target, so thumbnail() finishes the job
-        image.draft("RGB", target)
-    image = image.convert("RGB")
-    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    return image
 
 
 def row_seed(key: str) -> int:
@@ -116,7 +98,7 @@ class CaptionStage(Stage):
         self.eos_ids = _eos_ids(self.model, self.processor.tokenizer)
 
     def process_rows(self, rows: list[Row]) -> None:
-        images = self._decode_all(rows)
+        images = self._prepared_images(rows)
         decoded = [row for row in rows if id(row) in images]
 
         def caption_batch(batch: list[Row]) -> None:
@@ -126,14 +108,16 @@ class CaptionStage(Stage):
         batch_size = 1 if self.config.do_sample else self.config.resources.batch_size
         for chunk in _chunks(decoded, batch_size):
             self.isolate_failures(chunk, caption_batch)
+        for row in rows:
+            drop_pixels(row, "caption")
 
-    def _decode_all(self, rows: list[Row]) -> dict[int, Image.Image]:
-        """Decode before generating, so an undecodable image fails alone without splitting its batch."""
+    def _prepared_images(self, rows: list[Row]) -> dict[int, Image.Image]:
+        """The prepared caption inputs; a row without one fails alone, without splitting its batch."""
         images: dict[int, Image.Image] = {}
         for row in rows:
             try:
-                images[id(row)] = decode_image(row["image"], self.config.max_image_side)
-            except Exception as error:  # corrupt or unsupported bytes
+                images[id(row)] = Image.fromarray(get_pixels(row, "caption"), "RGB")
+            except Exception as error:  # missing or malformed prepared pixels
                 mark(row, FAILED, self.name, "error", error_detail(error))
         return images
 
@@ -155,11 +139,25 @@ class CaptionStage(Stage):
         inputs = self.processor(images=images, text=prompts, return_tensors="pt", padding=True)
         inputs = inputs.to(self.device, self.dtype)
         sampling = {"temperature": self.config.temperature} if self.config.do_sample else {}
+        started = time.perf_counter()
         with torch.inference_mode():
             output = self.model.generate(
                 **inputs, max_new_tokens=self.config.max_new_tokens, do_sample=self.config.do_sample, **sampling
             )
-        return output[:, inputs["input_ids"].shape[1] :].cpu()
+        new_tokens = output[:, inputs["input_ids"].shape[1] :].cpu()
+        self.metrics.add_model_time(time.perf_counter() - started, self._flops(inputs, new_tokens))
+        return new_tokens
+
+    def _flops(self, inputs, new_tokens: torch.Tensor) -> float | None:
+        def compute() -> float:
+            from curation.models.flops import llava_generate_flops
+
+            batch, prompt_length = inputs["input_ids"].shape
+            pixels = inputs.get("pixel_values")
+            crops = pixels.shape[0] * pixels.shape[1] if pixels is not None and pixels.ndim == 5 else None
+            return llava_generate_flops(self.model.config, batch, prompt_length, new_tokens.shape[1], crops)
+
+        return self.metrics.count_flops(compute)
 
     def _store(self, row: Row, caption: str, finished: bool) -> None:
         if not caption:

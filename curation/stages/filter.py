@@ -1,8 +1,12 @@
-"""The image filter: validate and normalise each input image, or reject it with a reason.
+"""The image filter: validate and normalise each input image, or reject it with a reason, and prepare
+the model inputs of the stages after it from the same decode.
 
 Checks run cheapest first: byte size, then the header (format, pixel count, side length, aspect
-ratio) before any pixel is decoded, then a full decode. Accepted images are upright 8-bit RGB; the
-original bytes are stored whenever they already are exactly that, otherwise a lossless PNG.
+ratio) before any pixel is decoded, then one decode. Accepted images are upright 8-bit RGB; the
+original bytes are stored whenever they already are exactly that, otherwise a lossless PNG (then the
+decode is at full size). When the original is kept, a JPEG is decoded at a reduced DCT scale that
+still covers every prepared input (``PrepareSpec.decode_size``); the decode validates the whole stream
+either way.
 """
 
 from __future__ import annotations
@@ -11,19 +15,21 @@ import hashlib
 import io
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import imagehash
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from curation.buckets import aspect_ratio_table, bucket_for
+from curation.buckets import aspect_ratio_table
 from curation.config import FilterConfig
 from curation.records import REJECTED, Row, mark
 from curation.stages.base import Stage, error_detail
+from curation.stages.prepare import PrepareSpec
 
 EMPTY = "empty"
-TOO_LARGE_FILE = "too_large_file"
+FILE_SIZE = "file_size"
 NOT_AN_IMAGE = "not_an_image"
 DECOMPRESSION_BOMB = "decompression_bomb"
 CORRUPT = "corrupt"
@@ -32,7 +38,7 @@ UNSUPPORTED_MODE = "unsupported_mode"
 TOO_SMALL = "too_small"
 ASPECT_RATIO = "aspect_ratio"
 REJECT_REASONS = (
-    EMPTY, TOO_LARGE_FILE, NOT_AN_IMAGE, DECOMPRESSION_BOMB, CORRUPT, TRUNCATED, UNSUPPORTED_MODE, TOO_SMALL,
+    EMPTY, FILE_SIZE, NOT_AN_IMAGE, DECOMPRESSION_BOMB, CORRUPT, TRUNCATED, UNSUPPORTED_MODE, TOO_SMALL,
     ASPECT_RATIO,
 )  # fmt: skip
 
@@ -54,34 +60,38 @@ class Rejection(Exception):
         self.detail = detail
 
 
+DecodeSize = Callable[[int, int], "tuple[int, int] | None"]  # (width, height) -> smallest decode (w, h)
+
+
 @dataclass
 class FilteredImage:
     data: bytes
     ext: str
-    image: Image.Image  # upright RGB, as stored
+    image: Image.Image  # upright RGB; smaller than the stored image after a reduced (draft) decode
+    size: tuple[int, int]  # (width, height) of the stored image, upright
     notes: dict[str, object] = field(default_factory=dict)
 
 
 class FilterStage(Stage):
-    """CPU-only validation and normalisation of the raw image bytes of each row."""
+    """CPU-only validation and normalisation of the raw image bytes of each row, plus the model inputs."""
 
     name = "filter"
 
-    def __init__(self, config: FilterConfig, base_size: int) -> None:
+    def __init__(self, config: FilterConfig, prepare: PrepareSpec) -> None:
         super().__init__(config.resources)
-        aspect_ratio_table(base_size)  # an unknown base size is a config error: fail at construction
+        aspect_ratio_table(prepare.base_size)  # an unknown base size is a config error: fail at construction
         self.config = config
-        self.base_size = base_size
+        self.prepare = prepare
 
     def process_row(self, row: Row) -> None:
         original = row["image"] or b""
         try:
-            filtered = filter_image(original, self.config)
+            filtered = filter_image(original, self.config, self.prepare.decode_size)
         except Rejection as rejection:
             mark(row, REJECTED, self.name, rejection.reason, rejection.detail)
             return
-        height, width = filtered.image.height, filtered.image.width
-        bucket, (bucket_h, bucket_w) = bucket_for(height, width, self.base_size)
+        width, height = filtered.size
+        bucket, (bucket_h, bucket_w) = self.prepare.bucket(height, width)
         row.update(
             image=filtered.data,
             image_ext=filtered.ext,
@@ -94,17 +104,29 @@ class FilterStage(Stage):
             bucket_h=bucket_h,
             bucket_w=bucket_w,
         )
+        self.prepare.prepare(row, filtered.image)
 
 
-def filter_image(data: bytes, config: FilterConfig) -> FilteredImage:
-    """Upright 8-bit RGB image and the bytes to store for it; raises ``Rejection``."""
+def filter_image(data: bytes, config: FilterConfig, decode_size: DecodeSize | None = None) -> FilteredImage:
+    """Upright 8-bit RGB image and the bytes to store for it; raises ``Rejection``.
+
+    ``decode_size`` allows a reduced JPEG decode when the original bytes are kept (nothing to re-encode).
+    """
     check_file_size(data, config.max_bytes)
     image = open_image(data, config.max_pixels)
     # Side lengths and aspect ratio do not change under EXIF rotation, so they are checked before decoding.
     check_geometry(image.width, image.height, config)
     source_format, high_depth, animated = image.format, _is_high_depth_rgb(image), _frame_count(image)
+    full_size = (image.width, image.height)
+    # Only JPEG decodes at reduced scale; asking other formats for EXIF may decode them early (PNG does).
+    if decode_size and image.format == "JPEG" and _keeps_original(image, high_depth, animated):
+        reduced = decode_size(*full_size)
+        if reduced:
+            image.draft("RGB", reduced)
     decode(image)
     upright, orientation = make_upright(image)
+    if orientation in (5, 6, 7, 8):
+        full_size = full_size[::-1]
     rgb, mode_note = to_rgb(upright)
     notes: dict[str, object] = {}
     if orientation != 1:
@@ -114,16 +136,29 @@ def filter_image(data: bytes, config: FilterConfig) -> FilteredImage:
     if animated > 1:
         notes["frames"] = animated
     if not notes and source_format in KEEPABLE_FORMATS:
-        return FilteredImage(data, KEEPABLE_FORMATS[source_format], rgb, notes)
+        return FilteredImage(data, KEEPABLE_FORMATS[source_format], rgb, full_size, notes)
     notes["reencoded"] = "png"
-    return FilteredImage(encode_png(rgb, upright), "png", rgb, notes)
+    return FilteredImage(encode_png(rgb, upright), "png", rgb, full_size, notes)
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # unparsable EXIF is ignored by make_upright too
+        return 1
+
+
+def _keeps_original(image: Image.Image, high_depth: bool, frames: int) -> bool:
+    """Whether the stored bytes will be the original (known from the header, before any decode)."""
+    plain = image.mode == "RGB" and "transparency" not in image.info and not high_depth and frames == 1
+    return plain and image.format in KEEPABLE_FORMATS and _orientation(image) not in range(2, 9)
 
 
 def check_file_size(data: bytes, max_bytes: int) -> None:
     if not data:
         raise Rejection(EMPTY, "0 bytes")
     if len(data) > max_bytes:
-        raise Rejection(TOO_LARGE_FILE, f"{len(data)} bytes > max {max_bytes}")
+        raise Rejection(FILE_SIZE, f"{len(data)} bytes > max {max_bytes}")
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:

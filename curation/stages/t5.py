@@ -9,6 +9,7 @@ fraction of the compute on short captions (tested against the padded-to-max_leng
 from __future__ import annotations
 
 import json
+import time
 from typing import ClassVar
 
 import numpy as np
@@ -38,6 +39,7 @@ def load_t5_tokenizer(config: T5Config):
 class T5Stage(Stage):
     name = "t5"
     uses_model: ClassVar[bool] = True
+    default_rows_per_block: ClassVar[int] = 256  # rows are small here; a big block sorts better by length
 
     def __init__(self, config: T5Config) -> None:
         super().__init__(config.resources)
@@ -45,12 +47,13 @@ class T5Stage(Stage):
         self.tokenizer = None
         self.encoder = None
         self.device = torch.device("cpu")
+        self.dtype = torch.float32
 
     def setup(self) -> None:
         from transformers import T5EncoderModel
 
         self.device = resolve_device(self.config.model.device)
-        dtype = resolve_dtype(self.config.model.dtype, self.device)
+        self.dtype = dtype = resolve_dtype(self.config.model.dtype, self.device)
         self.tokenizer = load_t5_tokenizer(self.config)
         kwargs = pretrained_kwargs(self.config.model, self.config.encoder_subfolder)
         self.encoder = T5EncoderModel.from_pretrained(self.config.model.path, dtype=dtype, **kwargs)
@@ -106,9 +109,20 @@ class T5Stage(Stage):
             add_special_tokens=True,
             return_tensors="pt",
         )
+        started = time.perf_counter()
         mask = tokens["attention_mask"].to(self.device)
         hidden = self.encoder(input_ids=tokens["input_ids"].to(self.device), attention_mask=mask).last_hidden_state
-        return hidden.float().cpu().numpy(), mask.bool().cpu().numpy()
+        result = hidden.float().cpu().numpy(), mask.bool().cpu().numpy()
+        self.metrics.add_model_time(time.perf_counter() - started, self._flops(tokens["input_ids"].shape))
+        return result
+
+    def _flops(self, shape: torch.Size) -> float | None:
+        def compute() -> float:
+            from curation.models.flops import t5_encoder_flops
+
+            return t5_encoder_flops(self.encoder.config, [shape[1]] * shape[0])
+
+        return self.metrics.count_flops(compute)
 
     def process_rows(self, rows: list[Row]) -> None:
         self.isolate_failures(rows, self._encode_rows)

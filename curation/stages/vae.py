@@ -1,64 +1,35 @@
 """VAE latents per aspect-ratio bucket: posterior mean ‖ std, unscaled, float16 [8, h/8, w/8].
 
-The pixels are PixArt's online multi-scale transform (resize to cover the bucket, centre crop,
-[-1, 1]), re-implemented on PIL because torchvision is not available next to the CPU torch.
+The pixels arrive prepared (``vae_pixels``: the bucket crop as uint8, made by the filter stage on CPUs, see
+``curation.stages.prepare``); this stage only converts them to PixArt's [-1, 1] tensors, ideally on the
+device, and runs the encoder on batches of one bucket shape.
 """
 
 from __future__ import annotations
 
-import io
+import time
 from collections import defaultdict
 from typing import ClassVar
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 
 from curation.config import VAEConfig
 from curation.io.layout import npy_bytes
 from curation.models.loading import pretrained_kwargs, resolve_device, resolve_dtype
-from curation.records import Row
+from curation.records import Row, drop_pixels, get_pixels
 from curation.stages.base import Stage
-
-INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
-
-
-def cover_size(height: int, width: int, bucket_hw: tuple[int, int]) -> tuple[int, int]:
-    """PixArt's ``resize_size`` (h, w): the smallest aspect-preserving size covering the bucket."""
-    target_h, target_w = bucket_hw
-    if target_h / height > target_w / width:
-        return target_h, int(width * target_h / height)
-    return int(height * target_w / width), target_w
+from curation.stages.prepare import bucket_crop, center_crop_box, cover_size  # noqa: F401  (re-exported)
 
 
-def center_crop_box(height: int, width: int, bucket_hw: tuple[int, int]) -> tuple[int, int, int, int]:
-    """PIL crop box (left, top, right, bottom) with torchvision ``CenterCrop``'s rounding."""
-    target_h, target_w = bucket_hw
-    # torchvision: int(round((h - th) / 2.0)); Python's round() sends x.5 to the even neighbour.
-    top = round((height - target_h) / 2.0)
-    left = round((width - target_w) / 2.0)
-    return left, top, left + target_w, top + target_h
+def normalise(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, h, w, 3] → float32 [B, 3, h, w] in [-1, 1]: ToTensor + Normalize([.5], [.5]) as PixArt."""
+    return pixels.permute(0, 3, 1, 2).to(torch.float32).div(255).sub(0.5).div(0.5)
 
 
-def bucket_pixels(image: Image.Image, bucket_hw: tuple[int, int], interpolation: str = "bicubic") -> torch.Tensor:
-    """float32 [3, h, w] in [-1, 1]: RGB, resize to cover, centre crop, ToTensor, Normalize([.5], [.5])."""
-    image = image.convert("RGB")
-    resized_h, resized_w = cover_size(image.height, image.width, bucket_hw)
-    # torchvision's Resize on a PIL image is exactly ``PIL.Image.resize`` with the same filter.
-    image = image.resize((resized_w, resized_h), INTERPOLATIONS[interpolation])
-    image = image.crop(center_crop_box(resized_h, resized_w, bucket_hw))
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
-    return pixels.to(torch.float32).div(255).sub(0.5).div(0.5)
-
-
-def decode_upright(row: Row) -> Image.Image:
-    """The stored image, EXIF orientation applied, checked against the row's (upright) size."""
-    with Image.open(io.BytesIO(row["image"])) as encoded:
-        image = ImageOps.exif_transpose(encoded)
-        image.load()
-    if (image.width, image.height) != (row["width"], row["height"]):
-        raise ValueError(f"decoded image is {image.width}x{image.height}, row says {row['width']}x{row['height']}")
-    return image
+def bucket_pixels(image, bucket_hw: tuple[int, int], interpolation: str = "bicubic") -> torch.Tensor:
+    """float32 [3, h, w] in [-1, 1] for one PIL image: PixArt's whole transform (tests and baselines)."""
+    return normalise(torch.from_numpy(bucket_crop(image, bucket_hw, interpolation).copy())[None])[0]
 
 
 def group_by_bucket(rows: list[Row]) -> dict[tuple[int, int], list[Row]]:
@@ -71,6 +42,7 @@ def group_by_bucket(rows: list[Row]) -> dict[tuple[int, int], list[Row]]:
 class VAEStage(Stage):
     name = "vae"
     uses_model: ClassVar[bool] = True
+    default_rows_per_block: ClassVar[int] = 32
 
     def __init__(self, config: VAEConfig) -> None:
         super().__init__(config.resources)
@@ -78,6 +50,7 @@ class VAEStage(Stage):
         self.vae = None
         self.device = torch.device("cpu")
         self.dtype = torch.float32
+        self.channels_last = config.channels_last
 
     def setup(self) -> None:
         from diffusers import AutoencoderKL
@@ -88,27 +61,64 @@ class VAEStage(Stage):
         kwargs = pretrained_kwargs(self.config.model)
         self.vae = AutoencoderKL.from_pretrained(self.config.model.path, dtype=self.dtype, **kwargs)
         self.vae.to(self.device).eval()
+        if self.channels_last:
+            self.vae.to(memory_format=torch.channels_last)
+        if self.config.compile:
+            self.vae.encoder = torch.compile(self.vae.encoder, dynamic=True)
 
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         """[B, 3, h, w] in [-1, 1] → float16 [B, 8, h/8, w/8]: posterior mean (0-3) ‖ std (4-7), unscaled."""
         if self.vae is None:
             self.setup()
-        with torch.inference_mode():
-            posterior = self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
-            moments = torch.cat([posterior.mean, posterior.std], dim=1)
-        return moments.float().cpu().numpy().astype(np.float16)
+        pixels = pixels.to(self.device, self.dtype)
+        return self._encode(pixels)
+
+    def encode_uint8(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 [B, h, w, 3] → moments; the uint8 batch (4x smaller than float) is what crosses to the device."""
+        if self.vae is None:
+            self.setup()
+        batch = torch.from_numpy(pixels)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        return self._encode(normalise(batch).to(self.dtype))
+
+    @torch.inference_mode()
+    def _encode(self, pixels: torch.Tensor) -> np.ndarray:
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        pixels = pixels.contiguous(memory_format=layout)
+        started = time.perf_counter()
+        posterior = self.vae.encode(pixels).latent_dist
+        moments = torch.cat([posterior.mean, posterior.std], dim=1).float().cpu().numpy().astype(np.float16)
+        self.metrics.add_model_time(time.perf_counter() - started, self._flops(pixels))
+        return moments
+
+    def _flops(self, pixels: torch.Tensor) -> float | None:
+        return self.metrics.count_flops(lambda: vae_flops(self.vae.config, pixels.shape))
 
     def process_rows(self, rows: list[Row]) -> None:
         batch_size = self.resources.batch_size
         for same_shape in group_by_bucket(rows).values():
             for start in range(0, len(same_shape), batch_size):
                 self.isolate_failures(same_shape[start : start + batch_size], self._encode_rows)
+        for row in rows:
+            drop_pixels(row, "vae")
 
     def _encode_rows(self, rows: list[Row]) -> None:
         """One ``vae.encode`` call for rows that all share a bucket."""
-        interpolation = self.config.interpolation
-        pixels = torch.stack(
-            [bucket_pixels(decode_upright(row), (row["bucket_h"], row["bucket_w"]), interpolation) for row in rows]
-        )
-        for row, moments in zip(rows, self.encode_pixels(pixels), strict=True):
+        pixels = np.stack([self._bucket_input(row) for row in rows])
+        for row, moments in zip(rows, self.encode_uint8(pixels), strict=True):
             row["vae"] = npy_bytes(moments)
+
+    @staticmethod
+    def _bucket_input(row: Row) -> np.ndarray:
+        pixels = get_pixels(row, "vae")
+        if tuple(pixels.shape[:2]) != (row["bucket_h"], row["bucket_w"]):
+            bucket = f"{row['bucket_h']}x{row['bucket_w']}"
+            raise ValueError(f"prepared VAE pixels are {pixels.shape[0]}x{pixels.shape[1]}, bucket is {bucket}")
+        return pixels
+
+
+def vae_flops(config, shape: torch.Size) -> float:
+    from curation.models.flops import vae_encoder_flops
+
+    return vae_encoder_flops(config, shape[-2], shape[-1]) * shape[0]

@@ -58,12 +58,12 @@ def test_manifest_accounts_for_every_input(demo_output):
     out, _ = demo_output
     manifest = json.loads((out / "manifest.json").read_text())
     counts = manifest["counts"]
-    inputs = [
-        p
-        for p in (ROOT / "examples/images").rglob("*")
-        if p.is_file() and p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-    ]
-    assert counts["input"] == len(inputs) == counts["written"] + counts["rejected"] + counts["failed"]
+    files = [p for p in (ROOT / "examples/images").rglob("*") if p.is_file() and not p.name.startswith(".")]
+    stems = {p.with_suffix("") for p in files if p.suffix not in {".txt", ".json"}}
+    sidecars = [p for p in files if p.suffix in {".txt", ".json"} and p.with_suffix("") in stems]
+    assert counts["input"] == len(files) - len(sidecars) == counts["written"] + counts["rejected"] + counts["failed"]
+    assert manifest["inputs"]["sidecars"] == len(sidecars) == 3
+    assert "unaccounted" not in manifest
     assert counts["written"] >= 15
     for field in ("config", "fingerprint", "models", "versions", "started_at", "finished_at"):
         assert manifest[field], field
@@ -74,6 +74,7 @@ def test_manifest_accounts_for_every_input(demo_output):
 def test_broken_inputs_are_rejected_with_reasons(demo_output):
     out, _ = demo_output
     rejects = {Path(r["source"]).stem: r for r in _table(out / "rejects")}
+    assert rejects["LICENSE"]["reason"] == "not_an_image"
     assert set(rejects) >= BROKEN
     for row in rejects.values():
         assert row["stage"] and row["reason"] and row["key"]
@@ -104,13 +105,34 @@ def test_shards_hold_every_contract_field(demo_output):
         assert index[key]["shard"] and index[key]["caption"] == meta["captions"]["dense"]
 
 
+def test_manifest_has_the_run_statistics_of_every_stage(demo_output):
+    out, _ = demo_output
+    manifest = json.loads((out / "manifest.json").read_text())
+    stages, counts = manifest["stages"], manifest["counts"]
+    assert list(stages) == ["read", "filter", "vae", "caption", "t5", "write"]
+    assert stages["read"]["rows_in"] == counts["input"]
+    written_by_filter = stages["filter"]["rows_out"].get("ok", 0)
+    assert stages["filter"]["rows_in"] == counts["input"] - stages["read"]["rows_out"].get("rejected", 0)
+    assert stages["vae"]["rows_in"] == written_by_filter
+    assert stages["write"]["rows_out"]["ok"] == counts["written"]
+    for name in ("vae", "caption", "t5"):
+        stage = stages[name]
+        assert stage["workers"] == 1 and stage["setup_seconds"] > 0 and stage["device"] == "cpu"
+        assert 0 < stage["model_seconds"] <= stage["seconds"]
+        assert stage["rows_per_s"] > 0 and stage["rows_per_worker_s"] >= stage["rows_per_s"]
+        assert stage["model_tflops_per_s"] > 0
+
+
 def test_rerun_resumes_without_rewriting(demo_output):
     out, args = demo_output
     before = sorted(p.name for p in (out / "shards").glob("*.tar"))
     counts_before = json.loads((out / "manifest.json").read_text())["counts"]
     assert main(args) == 0
     assert sorted(p.name for p in (out / "shards").glob("*.tar")) == before
-    assert json.loads((out / "manifest.json").read_text())["counts"] == counts_before
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"] == counts_before
+    assert manifest["inputs"]["already_done"] == counts_before["written"] + counts_before["rejected"]
+    assert all(stage["rows_in"] == 0 for name, stage in manifest["stages"].items() if name != "read")
 
 
 def test_changed_config_is_refused_without_overwrite(demo_output, capsys):

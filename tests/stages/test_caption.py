@@ -13,8 +13,9 @@ from PIL import Image
 from transformers.utils import is_torchvision_available
 
 from curation.config import CaptionConfig, ModelRef, Resources
-from curation.records import FAILED, OK, REJECTED, Row, mark, new_row
-from curation.stages.caption import CaptionStage, caption_prompt, decode_image, merged_captions
+from curation.records import FAILED, OK, REJECTED, Row, mark, new_row, put_pixels
+from curation.stages.caption import CaptionStage, caption_prompt, merged_captions
+from curation.stages.prepare import caption_view
 
 MAX_NEW_TOKENS = 12
 
@@ -42,7 +43,10 @@ def image_bytes(size: tuple[int, int], color: str, fmt: str = "JPEG") -> bytes:
 
 
 def image_row(key: str, size: tuple[int, int] = (64, 48), color: str = "red", alt: str | None = None) -> Row:
-    return new_row(key, f"mem://{key}", image_bytes(size, color), alt=alt)
+    """A row as the filter stage leaves it: encoded image + the prepared caption input."""
+    row = new_row(key, f"mem://{key}", image_bytes(size, color), alt=alt)
+    put_pixels(row, "caption", caption_view(Image.open(io.BytesIO(row["image"])), 1024))
+    return row
 
 
 def captions_of(row: Row) -> dict[str, str]:
@@ -67,13 +71,6 @@ def test_prompt_templates_come_from_config(tiny_models: Path) -> None:
     config = caption_config(tiny_models, prompt="Describe.", prompt_with_alt="Alt is <{alt}>. Describe.")
     assert caption_prompt(config, " {braces} ") == "Alt is <{braces}>. Describe."
     assert caption_prompt(config, "") == "Describe."
-
-
-def test_decode_image_shrinks_longest_side_keeping_aspect() -> None:
-    big_jpeg = image_bytes((3000, 1000), "green")
-    assert decode_image(big_jpeg, 300).size == (300, 100)
-    small_png = image_bytes((40, 30), "blue", fmt="PNG")
-    assert decode_image(small_png, 300).size == (40, 30)  # never enlarged
 
 
 def test_batch_of_three_sizes_gets_captions_and_keeps_alt(stage: CaptionStage) -> None:
@@ -145,16 +142,34 @@ def test_left_padding_caption_independent_of_batch_neighbours(tiny_models: Path,
     assert captions_of(batched_target)["dense"] == captions_of(alone)["dense"]
 
 
-def test_corrupt_image_fails_alone(stage: CaptionStage) -> None:
+def test_row_without_prepared_pixels_fails_alone(stage: CaptionStage) -> None:
     good_before, good_after = image_row("good1"), image_row("good2", (90, 40), "black")
     corrupt = new_row("broken", "mem://broken", b"\xff\xd8\xff\xe0 definitely not a jpeg")
     stage.process_batch([good_before, corrupt, good_after])
+    assert "no prepared caption pixels" in corrupt["detail"]
     assert corrupt["status"] == FAILED
     assert corrupt["stage"] == "caption"
     assert corrupt["captions"] is None
     for row in (good_before, good_after):
         assert row["status"] == OK
         assert captions_of(row)["dense"]
+        assert row["caption_pixels"] is None and row["caption_shape"] is None
+
+
+def test_the_stage_never_decodes_the_encoded_image(stage: CaptionStage, monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = image_row("ref", (70, 50), "green")
+    stage.process_batch([reference])
+    row = image_row("ref", (70, 50), "green")
+    row["image"] = b"not an image: only the prepared pixels may be used"
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the caption stage opened an encoded image")
+
+    monkeypatch.setattr(Image, "open", no_decoding)
+    stage.process_batch([row])
+
+    assert row["status"] == OK
+    assert captions_of(row)["dense"] == captions_of(reference)["dense"]
 
 
 def test_failing_generation_is_retried_row_by_row(stage: CaptionStage, monkeypatch: pytest.MonkeyPatch) -> None:

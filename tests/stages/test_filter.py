@@ -13,6 +13,7 @@ from curation.buckets import bucket_for
 from curation.config import FilterConfig
 from curation.records import FAILED, OK, REJECTED, new_row
 from curation.stages.filter import REJECT_REASONS, FilterStage
+from curation.stages.prepare import PrepareSpec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 BASE_SIZE = 512
@@ -30,7 +31,7 @@ def noise(width: int, height: int, seed: int = 0) -> Image.Image:
 
 
 def run(data: bytes | None, **config) -> dict:
-    stage = FilterStage(FilterConfig(**{"min_side": 32, **config}), BASE_SIZE)
+    stage = FilterStage(FilterConfig(**{"min_side": 32, **config}), PrepareSpec(BASE_SIZE))
     (row,) = stage.process_batch([new_row("k", "src", data)])
     return row
 
@@ -65,9 +66,9 @@ def test_empty_input_is_rejected():
     assert_rejected(run(None), "empty")
 
 
-def test_too_large_file_is_rejected_before_decoding():
+def test_file_over_max_bytes_is_rejected_before_decoding():
     row = run(encode(noise(64, 64), "PNG"), max_bytes=100)
-    assert_rejected(row, "too_large_file")
+    assert_rejected(row, "file_size")
     assert "> max 100" in row["detail"]
 
 
@@ -117,7 +118,7 @@ def test_extreme_aspect_ratio_is_rejected():
 
 
 def test_rows_that_are_not_ok_pass_through_untouched():
-    stage = FilterStage(FilterConfig(), BASE_SIZE)
+    stage = FilterStage(FilterConfig(), PrepareSpec(BASE_SIZE))
     row = new_row("k", "src", None)
     row.update(status=FAILED, stage="read", reason="error")
     assert stage.process_batch([row]) == [row] and row["reason"] == "error"
@@ -232,7 +233,7 @@ def test_sha256_is_of_the_input_even_when_reencoded():
 
 def test_unknown_base_size_is_refused_at_construction():
     with pytest.raises(ValueError, match="aspect-ratio table"):
-        FilterStage(FilterConfig(), 300)
+        FilterStage(FilterConfig(), PrepareSpec(300))
 
 
 # ------------------------------------------------------------------ the demo folder
@@ -249,7 +250,7 @@ EXPECTED_DEMO_REJECTIONS = {
 
 def test_every_demo_image_gets_the_expected_outcome():
     paths = sorted(p for p in EXAMPLES.rglob("*") if p.suffix.lower() in {".jpg", ".png", ".webp"})
-    stage = FilterStage(FilterConfig(min_side=128), BASE_SIZE)
+    stage = FilterStage(FilterConfig(min_side=128), PrepareSpec(BASE_SIZE))
     rows = stage.process_batch([new_row(p.name, str(p), p.read_bytes()) for p in paths])
     outcomes = {row["key"]: row["reason"] if row["status"] != OK else OK for row in rows}
     assert {name: reason for name, reason in outcomes.items() if reason != OK} == EXPECTED_DEMO_REJECTIONS

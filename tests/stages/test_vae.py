@@ -14,7 +14,8 @@ from PIL import Image
 from curation.buckets import bucket_for
 from curation.config import ModelRef, Resources, VAEConfig
 from curation.io.layout import load_npy
-from curation.records import FAILED, OK, new_row
+from curation.records import FAILED, OK, new_row, put_pixels
+from curation.stages.prepare import bucket_crop
 from curation.stages.vae import VAEStage, bucket_pixels, center_crop_box, cover_size
 
 BASE_SIZE = 256
@@ -34,9 +35,12 @@ def encoded(image: Image.Image, fmt: str = "PNG", **save_args) -> bytes:
 
 
 def image_row(key: str, height: int, width: int, seed: int = 0) -> dict:
-    row = new_row(key, f"test/{key}", encoded(noise_image(height, width, seed)))
+    """A row as the filter stage leaves it: the bucket and the prepared bucket crop (uint8)."""
+    image = noise_image(height, width, seed)
+    row = new_row(key, f"test/{key}", encoded(image))
     bucket, (bucket_h, bucket_w) = bucket_for(height, width, BASE_SIZE)
     row.update(width=width, height=height, bucket=bucket, bucket_h=bucket_h, bucket_w=bucket_w)
+    put_pixels(row, "vae", bucket_crop(image, (bucket_h, bucket_w)))
     return row
 
 
@@ -167,30 +171,40 @@ def spy_on_encode(stage: VAEStage, monkeypatch) -> list[tuple[int, ...]]:
     return shapes
 
 
-def test_exif_rotated_image_is_encoded_upright(stage: VAEStage) -> None:
-    stored = noise_image(200, 300, seed=7)  # raw pixels 300 wide; orientation 6 makes it 200x300 upright
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    row = new_row("rotated", "test/rotated", encoded(stored, "JPEG", exif=exif, quality=95))
-    _, (bucket_h, bucket_w) = bucket_for(300, 200, BASE_SIZE)
-    row.update(width=200, height=300, bucket_h=bucket_h, bucket_w=bucket_w)
+def test_the_stage_never_decodes_the_encoded_image(stage: VAEStage, monkeypatch) -> None:
+    rows = [image_row(k, 300, 300, seed=i) for i, k in enumerate("ab")]
+    expected = [one_image_reference(stage, noise_image(300, 300, seed=i), (256, 256)) for i in range(2)]
+    for row in rows:
+        row["image"] = b"not an image: only the prepared pixels may be used"
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the VAE stage opened an encoded image")
+
+    monkeypatch.setattr(Image, "open", no_decoding)
+    stage.process_batch(rows)
+
+    for row, reference in zip(rows, expected, strict=True):
+        assert row["status"] == OK
+        np.testing.assert_allclose(load_npy(row["vae"]).astype(np.float32), reference, rtol=RTOL, atol=ATOL)
+
+
+def test_prepared_pixels_leave_the_row_once_encoded(stage: VAEStage) -> None:
+    row = image_row("a", 300, 400)
 
     stage.process_batch([row])
 
-    upright = Image.open(io.BytesIO(row["image"])).transpose(Image.Transpose.ROTATE_270)
-    expected = one_image_reference(stage, upright, (bucket_h, bucket_w))
-    latent = load_npy(row["vae"])
-    assert bucket_h > bucket_w and latent.shape == (8, bucket_h // 8, bucket_w // 8)
-    np.testing.assert_allclose(latent.astype(np.float32), expected, rtol=RTOL, atol=ATOL)
+    assert row["status"] == OK and row["vae"] is not None
+    assert row["vae_pixels"] is None and row["vae_shape"] is None
 
 
-def test_a_row_whose_image_disagrees_with_its_size_fails_alone(stage: VAEStage) -> None:
-    good, liar, broken, other = (image_row(k, 300, 300, seed=i) for i, k in enumerate(["a", "b", "c", "d"]))
-    liar["width"] = 299
-    broken["image"] = b"not an image"
+def test_a_row_with_missing_or_misshaped_pixels_fails_alone(stage: VAEStage) -> None:
+    good, liar, missing, other = (image_row(k, 300, 300, seed=i) for i, k in enumerate(["a", "b", "c", "d"]))
+    put_pixels(liar, "vae", np.zeros((256, 248, 3), np.uint8))
+    missing["vae_pixels"] = None
 
-    stage.process_batch([good, liar, broken, other])
+    stage.process_batch([good, liar, missing, other])
 
-    assert [row["status"] for row in (good, liar, broken, other)] == [OK, FAILED, FAILED, OK]
-    assert liar["stage"] == "vae" and "299" in liar["detail"]
+    assert [row["status"] for row in (good, liar, missing, other)] == [OK, FAILED, FAILED, OK]
+    assert liar["stage"] == "vae" and "256x248" in liar["detail"]
+    assert "no prepared vae pixels" in missing["detail"]
     assert good["vae"] is not None and other["vae"] is not None
