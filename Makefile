@@ -31,6 +31,23 @@ test: venv-dev
 bench: venv-dev
 	$(BIN)/python -m benchmarks.run
 
+# Full-size random-weight T5-XXL encoder / SDXL VAE encoder / LLaVA-1.5-7B on one CUDA GPU, ~5 minutes: needs only a
+# python3 with torch and transformers, no venv (diffusers: installed, or carried by `make gpu-wheels`). Writes
+# benchmarks/results_gpu.json. BENCH_GPU_ARGS: e.g. --compile, --only t5,vae, --out PATH, --smoke (CPU check).
+.PHONY: bench-gpu gpu-wheels
+bench-gpu:
+	$(PY) benchmarks/gpu.py $(BENCH_GPU_ARGS)
+
+# diffusers (the version pinned in pyproject.toml) and its dependencies as wheels, for a GPU machine without network:
+# copy .cache/gpu-wheels into its checkout; benchmarks/gpu.py unpacks them there. GPU_PYTHON / GPU_ARCH: that machine's.
+GPU_PYTHON ?= 3.12
+GPU_ARCH ?= x86_64
+gpu-wheels:
+	$(PY) -m pip download -q --only-binary=:all: --dest .cache/gpu-wheels \
+		--python-version $(GPU_PYTHON) --implementation cp --abi cp$(subst .,,$(GPU_PYTHON)) --abi abi3 --abi none \
+		$(foreach tag,manylinux_2_28 manylinux_2_17 manylinux2014,--platform $(tag)_$(GPU_ARCH)) --platform any \
+		$(shell grep -o '"diffusers==[^"]*"' pyproject.toml)
+
 lint: venv-dev
 	$(BIN)/ruff check curation pipelines tests benchmarks examples
 	$(BIN)/ruff format --check curation pipelines tests benchmarks examples
