@@ -217,16 +217,17 @@ _DTYPE_NAMES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": t
 _DTYPE_NAMES |= {"half": torch.float16, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
 
 
-def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
+def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if isinstance(dtype, torch.dtype) or dtype is None:
         return dtype
-    return _DTYPE_NAMES[dtype.removeprefix("torch.").lower()]
+    return _DTYPE_NAMES.get(dtype.removeprefix("torch.").lower())
 
 
-def peak_flops(device_name: str, dtype: torch.dtype | str) -> float | None:
-    """Dense peak FLOP/s of a GPU for ``dtype`` (bf16, fp16, fp32); None when unknown (CPU, other GPUs)."""
+def peak_flops(device_name: str | None, dtype: torch.dtype | str | None) -> float | None:
+    """Dense peak FLOP/s of a GPU for ``dtype`` (bf16, fp16, fp32; a torch dtype or its name, "torch." prefix
+    allowed); None when the device or the dtype is unknown (CPU, other GPUs, int8, None)."""
     column = _DTYPE_COLUMNS.get(_as_dtype(dtype))
-    if column is None:
+    if column is None or not device_name:
         return None
     for pattern, *peaks in _PEAKS:
         if re.search(pattern, device_name, flags=re.IGNORECASE):
@@ -234,7 +235,7 @@ def peak_flops(device_name: str, dtype: torch.dtype | str) -> float | None:
     return None
 
 
-def mfu(flops: float, seconds: float, device_name: str, dtype: torch.dtype | str) -> float | None:
+def mfu(flops: float, seconds: float, device_name: str | None, dtype: torch.dtype | str | None) -> float | None:
     """Model FLOPs utilisation: achieved FLOP/s over the device's dense peak; None when the peak is unknown."""
     peak = peak_flops(device_name, dtype)
     if peak is None or seconds <= 0:

@@ -211,6 +211,10 @@ def test_llava_1_5_7b_config_vision_and_prefill():
         ("NVIDIA L4", torch.bfloat16, 121e12),
         ("Tesla V100-SXM2-16GB", torch.bfloat16, None),  # no bf16 tensor cores
         ("cpu", torch.float32, None),
+        ("NVIDIA H100 80GB HBM3", "torch.bfloat16", 989e12),  # str(dtype), as the manifest stores it
+        ("NVIDIA H100 80GB HBM3", "auto", None),
+        ("NVIDIA H100 80GB HBM3", None, None),
+        (None, torch.bfloat16, None),
     ],
 )
 def test_peak_flops_table(device_name, dtype, peak):
