@@ -5,13 +5,15 @@ Unknown keys anywhere are an error that names the key's dotted path.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -66,28 +68,171 @@ class ReaderConfig(Strict):
 
 
 class FilterConfig(Strict):
+    """Each rule rejects with its own reason code (in parentheses); content rules measure a gray view of the
+    image with its longest side at most 256 (``curation.stages.filter_checks.VIEW_SIDE``)."""
+
     resources: Resources = Resources(num_cpus=1, num_workers=2, batch_size=32)
-    min_side: int = Field(256, ge=1)
-    max_aspect_ratio: float = Field(4.0, ge=1.0, description="max of h/w and w/h")
-    max_pixels: int = Field(178_956_970, ge=1, description="decompression-bomb guard (PIL's default limit)")
-    max_bytes: int = Field(100 * 2**20, ge=1)
-    draft: bool = Field(
-        True, description="reduced-scale JPEG decode (>= 2x every prepared size) when the original is kept"
+    max_bytes: int = Field(100 * 2**20, ge=1, description="(file_size) larger inputs are refused before decoding")
+    allowed_formats: list[str] | None = Field(
+        None,
+        description="(format_not_allowed) Pillow format names, e.g. [JPEG, PNG, WEBP]; None: every format the "
+        "installed Pillow decodes (formats other than JPEG/PNG/WebP are stored as lossless PNG)",
     )
+    max_pixels: int = Field(178_956_970, ge=1, description="(decompression_bomb) guard (PIL's default limit)")
+    min_side: int = Field(256, ge=1, description="(too_small) shortest side")
+    min_pixels: int = Field(0, ge=0, description="(too_few_pixels) min width * height; 0: off")
+    max_aspect_ratio: float = Field(4.0, ge=1.0, description="(aspect_ratio) max of h/w and w/h")
+    max_train_pixels: int | None = Field(
+        None, ge=1, description="(too_many_pixels) training cap, separate from the bomb guard max_pixels; None: off"
+    )
+    too_many_pixels_policy: Literal["downscale", "reject"] = Field(
+        "downscale", description="downscale: store a lossless PNG downscaled to max_train_pixels; reject"
+    )
+    animated_policy: Literal["first_frame", "reject"] = Field("first_frame", description="(animated)")
+    max_transparent_fraction: float = Field(
+        0.95, ge=0.0, le=1.0, description="(transparent) max of 1 - mean(alpha)/255; 1: off"
+    )
+    min_gray_std: float = Field(2.0, ge=0.0, description="(blank) min std of the gray view (0..255); 0: off")
+    min_laplacian_var: float = Field(
+        5.0, ge=0.0, description="(blurry) min variance of the 4-neighbour Laplacian of the gray view; 0: off"
+    )
+    grayscale_policy: Literal["keep", "reject"] = Field("keep", description="(grayscale)")
+    grayscale_max_chroma: int = Field(
+        2, ge=0, le=255, description="grayscale: no view pixel has max(R,G,B) - min(R,G,B) above this"
+    )
+    draft: bool = Field(
+        True,
+        description="reduced-scale JPEG decode (>= 2x every prepared size) when the original is kept, or to "
+        "the stored size when downscaling",
+    )
+
+    @field_validator("allowed_formats")
+    @classmethod
+    def _known_formats(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        from PIL import Image  # only configs that set an allow-list pay for the plugin registry
+
+        Image.init()
+        aliases = {"JPG": "JPEG", "TIF": "TIFF", "JP2": "JPEG2000", "J2K": "JPEG2000"}
+        names = [aliases.get(name.upper(), name.upper()) for name in value]
+        unknown = [name for name in names if name not in Image.OPEN]
+        if unknown:
+            raise ValueError(f"unknown image formats {unknown}; this Pillow opens {sorted(Image.OPEN)}")
+        return sorted(set(names))
+
+
+DENSE_PROMPT = "Describe this image and its style in a very detailed manner."
+DENSE_PROMPT_WITH_ALT = (
+    'Given the caption of this image "{alt}", describe this image and its style in a very detailed manner.'
+)
+SHORT_PROMPT = "Describe this image in one short sentence."
+SHORT_PROMPT_WITH_ALT = 'Given the caption of this image "{alt}", describe this image in one short sentence.'
+PRIMARY_CAPTION = "dense"
+
+
+class CaptionJob(Strict):
+    """One caption written for every image: its instruction and decoding settings."""
+
+    prompt: str = DENSE_PROMPT
+    prompt_with_alt: str | None = Field(DENSE_PROMPT_WITH_ALT, description="used when the input has alt text")
+    max_new_tokens: int = Field(300, ge=1)
+    do_sample: bool = False
+    temperature: float = Field(0.2, gt=0)
+    repetition_penalty: float | None = Field(None, gt=0, description="None: the model's default (1.0)")
+
+
+# Default jobs per flavor: PixArt-Σ trains on two captions per image (real_prompt_ratio), α on one.
+DEFAULT_JOBS: dict[str, dict[str, dict[str, Any]]] = {
+    "sigma": {
+        "dense": {},
+        "short": {"prompt": SHORT_PROMPT, "prompt_with_alt": SHORT_PROMPT_WITH_ALT, "max_new_tokens": 60},
+    },
+    "alpha": {"dense": {}},
+}
+_MOVED_CAPTION_KEYS = ("name", "prompt", "prompt_with_alt", "max_new_tokens", "do_sample", "temperature")
+
+
+class CaptionQuality(Strict):
+    """Flags every caption; the policy decides what a flagged caption costs its sample."""
+
+    policy: Literal["keep", "retry", "reject"] = Field(
+        "keep",
+        description="keep: flags only; retry: regenerate flagged captions once with repetition_penalty; "
+        "reject: a flagged caption rejects its sample (reason caption_quality)",
+    )
+    retry_repetition_penalty: float = Field(1.3, gt=1.0)
+    reject_flags: list[str] = Field(
+        ["repetition", "too_short", "echoes_prompt"], description="flags that count for retry/reject"
+    )
+    min_words: int = Field(3, ge=0, description="fewer words: too_short")
+    max_words: int = Field(400, ge=1, description="more words: too_long")
+    repeated_ngram: int = Field(
+        3, ge=2, description="an n-gram of this length seen max_ngram_repeats times: repetition"
+    )
+    max_ngram_repeats: int = Field(3, ge=2)
+    min_unique_ratio: float = Field(0.3, ge=0, le=1, description="unique words / words below this (>= 12 words)")
 
 
 class CaptionConfig(Strict):
     model: ModelRef
+    backend: Literal["hf", "vllm"] = "hf"
     resources: Resources = Resources(num_cpus=1, num_gpus=1, num_workers=1, batch_size=16)
-    name: str = "dense"
-    prompt: str = "Describe this image and its style in a very detailed manner."
-    prompt_with_alt: str = (
-        'Given the caption of this image "{alt}", describe this image and its style in a very detailed manner.'
+    jobs: dict[str, CaptionJob] = Field(
+        default_factory=lambda: {name: CaptionJob(**job) for name, job in DEFAULT_JOBS["sigma"].items()},
+        description="captions written per image, {name: job}; 'dense' is the primary; default set by flavor",
     )
-    max_new_tokens: int = Field(300, ge=1)
-    do_sample: bool = False
-    temperature: float = 0.2
+    quality: CaptionQuality = CaptionQuality()
     max_image_side: int = Field(1024, ge=64, description="images are shrunk to this before the processor")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in _MOVED_CAPTION_KEYS:
+                if key in data:
+                    raise ValueError(
+                        f"caption.{key} moved into the caption jobs: set caption.jobs.<name>.{key} "
+                        f"(e.g. caption.jobs.dense.{key}); 'name' is the job's key"
+                    )
+        return data
+
+    @field_validator("jobs")
+    @classmethod
+    def _primary_first(cls, jobs: dict[str, CaptionJob]) -> dict[str, CaptionJob]:
+        if PRIMARY_CAPTION not in jobs:
+            raise ValueError(f"the primary caption job {PRIMARY_CAPTION!r} is required")
+        if "alt" in jobs:
+            raise ValueError("'alt' is the input's own caption, not a job name")
+        for name in jobs:
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise ValueError(f"caption job name {name!r}: use lowercase letters, digits and _ (it names files)")
+        return {PRIMARY_CAPTION: jobs[PRIMARY_CAPTION], **jobs}
+
+
+def resolve_caption_jobs(data: dict[str, Any]) -> None:
+    """Fill ``caption.jobs`` from the flavor's defaults: absent → the flavor's jobs; a job given in part
+    (e.g. by ``--set caption.jobs.dense.max_new_tokens=200``) → the flavor's job of that name with those
+    fields changed; a job set to null → removed."""
+    caption = data.get("caption")
+    if not isinstance(caption, dict):
+        return
+    defaults = DEFAULT_JOBS.get(data.get("flavor", "sigma"), DEFAULT_JOBS["sigma"])
+    given = caption.get("jobs")
+    if given is None:
+        caption["jobs"] = {name: dict(job) for name, job in defaults.items()}
+        return
+    if not isinstance(given, dict):
+        return
+    resolved = {name: dict(job) for name, job in defaults.items()}
+    for name, job in given.items():
+        if job is None:
+            resolved.pop(name, None)
+        elif isinstance(job, dict):
+            resolved[name] = {**resolved.get(name, {}), **job}
+        else:
+            resolved[name] = job
+    caption["jobs"] = resolved
 
 
 class T5Config(Strict):
@@ -97,6 +242,9 @@ class T5Config(Strict):
     resources: Resources = Resources(num_cpus=1, num_gpus=1, num_workers=1, batch_size=64)
     max_length: int = Field(300, ge=1, description="120 for PixArt-alpha, 300 for PixArt-sigma")
     caption_cleaning: Literal["none", "alpha"] = "none"
+    captions: list[str] | None = Field(
+        None, description="captions to encode (names of caption jobs, or 'alt'); default: every caption job"
+    )
 
 
 class VAEConfig(Strict):
@@ -124,6 +272,14 @@ class RayConfig(Strict):
 
 
 class RunConfig(Strict):
+    @model_validator(mode="before")
+    @classmethod
+    def _flavor_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = copy.deepcopy(data)
+            resolve_caption_jobs(data)
+        return data
+
     input: list[str] = []
     output: str | None = None
     flavor: Literal["alpha", "sigma"] = "sigma"

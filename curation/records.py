@@ -34,14 +34,20 @@ ROW_SCHEMA = pa.schema(
         ("sha256", pa.string()),  # of the original input bytes
         ("phash", pa.string()),
         ("filter_notes", pa.string()),  # JSON: what the filter changed (exif transpose, mode conversion)
+        ("filter_values", pa.string()),  # JSON {name: number}: what the filter rules measured on a kept image
         ("bucket", pa.string()),
         ("bucket_h", pa.int32()),
         ("bucket_w", pa.int32()),
         ("captions", pa.string()),  # JSON {name: text}; the primary caption is under "dense"
-        ("caption_status", pa.string()),
+        ("caption_status", pa.string()),  # JSON {name: ok | truncated | empty | error}
+        ("caption_tokens", pa.string()),  # JSON {name: generated tokens}
+        ("caption_flags", pa.string()),  # JSON {name: [flag, ...]} (curation.caption_quality.FLAGS)
         ("t5", pa.binary()),  # .npy float16 [t5_tokens, D]
         ("t5_tokens", pa.int32()),
         ("t5_truncated", pa.bool_()),
+        ("t5_extra", pa.binary()),  # .npz {caption name: float16 [tokens, D]} for the non-primary captions
+        ("caption_t5_tokens", pa.string()),  # JSON {name: tokens} for every encoded caption
+        ("caption_t5_truncated", pa.string()),  # JSON {name: bool}
         ("vae", pa.binary()),  # .npy float16 [8, h/8, w/8]
         # Prepared model inputs (uint8 HWC bytes + [h, w, 3]), made once from one decode on CPUs:
         ("vae_pixels", pa.binary()),  # the bucket crop (resize-to-cover + centre crop)
@@ -68,6 +74,7 @@ def new_row(key: str, source: str, image: bytes | None, alt: str | None = None) 
 def mark(row: Row, status: str, stage: str, reason: str, detail: str = "") -> Row:
     """Take a row out of the flow (rejected or failed); its heavy payloads are dropped."""
     row.update(status=status, stage=stage, reason=reason, detail=detail[:2000], image=None, t5=None, vae=None)
+    row["t5_extra"] = None
     for name in PIXEL_INPUTS:
         drop_pixels(row, name)
     return row

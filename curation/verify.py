@@ -43,7 +43,7 @@ META_TYPES: dict[str, type | tuple[type, ...]] = {
     "bucket": str,
     "bucket_hw": list,
     "captions": dict,
-    "caption_status": str,
+    "caption_status": (dict, str),  # str: datasets built before per-caption maps
     "t5_tokens": int,
     "t5_truncated": bool,
     "sha256": str,
@@ -121,14 +121,47 @@ def _check_meta(key: str, meta: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _check_arrays(key: str, members: dict[str, bytes], meta: dict[str, Any]) -> list[str]:
+CAPTION_MAPS = ("caption_status", "caption_tokens", "caption_flags", "caption_t5_tokens", "caption_t5_truncated")
+CAPTION_STATUSES = {"ok", "truncated", "empty", "error"}
+
+
+def _check_caption_maps(key: str, meta: dict[str, Any]) -> list[str]:
+    """Per-caption maps ({caption name: value}); absent in datasets built before them."""
     problems = []
+    for field in CAPTION_MAPS:
+        value = meta.get(field)
+        if field != "caption_status" and value is None:
+            continue
+        if field == "caption_status" and isinstance(value, str):
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"{key}.json: {field} must be a {{caption name: value}} map, got {value!r}")
+    statuses = meta.get("caption_status")
+    if isinstance(statuses, dict) and not set(statuses.values()) <= CAPTION_STATUSES:
+        problems.append(f"{key}.json: caption_status values outside {sorted(CAPTION_STATUSES)}: {statuses}")
+    flags = meta.get("caption_flags") or {}
+    if isinstance(flags, dict) and not all(isinstance(v, list) for v in flags.values()):
+        problems.append(f"{key}.json: caption_flags values must be lists of flags")
+    return problems
+
+
+def _check_t5(key: str, member: str, data: bytes | None, tokens: Any) -> list[str]:
+    if data is None:
+        return [f"{key}.{member} missing"]
     try:
-        t5 = load_npy(members["t5.npy"])
-        if t5.dtype != np.float16 or t5.ndim != 2 or t5.shape[0] != meta["t5_tokens"]:
-            problems.append(f"{key}.t5.npy: {t5.dtype} {t5.shape}, want float16 [{meta['t5_tokens']}, D]")
+        t5 = load_npy(data)
     except Exception as error:  # pickled or corrupt arrays land here
-        problems.append(f"{key}.t5.npy: unreadable with allow_pickle=False ({error})")
+        return [f"{key}.{member}: unreadable with allow_pickle=False ({error})"]
+    if t5.dtype != np.float16 or t5.ndim != 2 or t5.shape[0] != tokens:
+        return [f"{key}.{member}: {t5.dtype} {t5.shape}, want float16 [{tokens}, D]"]
+    return []
+
+
+def _check_arrays(key: str, members: dict[str, bytes], meta: dict[str, Any]) -> list[str]:
+    problems = _check_t5(key, "t5.npy", members.get("t5.npy"), meta["t5_tokens"])
+    for name, tokens in (meta.get("caption_t5_tokens") or {}).items():
+        if name != "dense":
+            problems += _check_t5(key, f"t5.{name}.npy", members.get(f"t5.{name}.npy"), tokens)
     try:
         vae = load_npy(members["vae.npy"])
         height, width = meta["bucket_hw"]
@@ -177,6 +210,7 @@ def check_sample(key: str, members: dict[str, bytes], index_row: dict[str, Any] 
     problems = _check_meta(key, meta)
     if problems:
         return problems
+    problems += _check_caption_maps(key, meta)
     problems += _check_image(key, members, meta)
     problems += _check_arrays(key, members, meta)
     if members["txt"].decode("utf-8", "replace") != meta["captions"]["dense"]:

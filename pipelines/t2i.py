@@ -118,7 +118,7 @@ def stage_factories(config: RunConfig) -> list:
         functools.partial(FilterStage, config.filter, prepare_spec(config)),
         functools.partial(VAEStage, config.vae),
         functools.partial(CaptionStage, config.caption),
-        functools.partial(T5Stage, config.t5),
+        functools.partial(T5Stage, config.t5, config.t5.captions or list(config.caption.jobs)),
     ]
 
 

@@ -2,7 +2,15 @@ from pathlib import Path
 
 import pytest
 
-from curation.config import ConfigError, apply_override, fingerprint, load_config, parse_config
+from curation.config import (
+    DENSE_PROMPT,
+    SHORT_PROMPT,
+    ConfigError,
+    apply_override,
+    fingerprint,
+    load_config,
+    parse_config,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -46,11 +54,11 @@ def test_nested_unknown_key_in_resources():
 
 def test_set_overrides_parse_yaml_values():
     data = _minimal()
-    apply_override(data, "caption.max_new_tokens=77")
+    apply_override(data, "caption.jobs.dense.max_new_tokens=77")
     apply_override(data, "input=[a, b]")
     apply_override(data, "vae.resources.num_gpus=0.5")
     config = parse_config(data)
-    assert config.caption.max_new_tokens == 77
+    assert config.caption.jobs["dense"].max_new_tokens == 77
     assert config.input == ["a", "b"]
     assert config.vae.resources.num_gpus == 0.5
 
@@ -73,3 +81,38 @@ def test_fingerprint_ignores_sizing_but_not_output_shaping_settings():
     longer = _minimal()
     longer["t5"]["max_length"] = 120
     assert fingerprint(parse_config(longer)) != fingerprint(base)
+
+
+def test_caption_jobs_default_by_flavor_and_merge_partial_overrides():
+    sigma = parse_config(_minimal())
+    assert list(sigma.caption.jobs) == ["dense", "short"]
+    assert sigma.caption.jobs["dense"].prompt == DENSE_PROMPT and sigma.caption.jobs["short"].prompt == SHORT_PROMPT
+    alpha = parse_config({**_minimal(), "flavor": "alpha"})
+    assert list(alpha.caption.jobs) == ["dense"]
+    data = _minimal()
+    apply_override(data, "caption.jobs.short.max_new_tokens=20")
+    apply_override(data, "caption.jobs.tags.prompt=List the objects.")
+    config = parse_config(data)
+    assert list(config.caption.jobs) == ["dense", "short", "tags"]
+    short = config.caption.jobs["short"]
+    assert (short.max_new_tokens, short.prompt) == (20, SHORT_PROMPT)
+    assert config.caption.jobs["tags"].prompt == "List the objects."
+    removed = _minimal()
+    apply_override(removed, "caption.jobs.short=null")
+    assert list(parse_config(removed).caption.jobs) == ["dense"]
+
+
+@pytest.mark.parametrize("key", ["max_new_tokens", "prompt", "prompt_with_alt", "do_sample", "temperature", "name"])
+def test_old_flat_caption_keys_are_refused_naming_the_new_key(key):
+    data = _minimal()
+    apply_override(data, f"caption.{key}=1")
+    with pytest.raises(ConfigError, match=rf"caption\.jobs\.<name>\.{key}"):
+        parse_config(data)
+
+
+@pytest.mark.parametrize("jobs", [{"short": {}}, {"dense": {}, "alt": {}}, {"dense": {}, "Bad.Name": {}}])
+def test_caption_jobs_need_the_primary_and_file_safe_names(jobs):
+    data = _minimal()
+    data["caption"]["jobs"] = {**jobs, **({"dense": None} if "dense" not in jobs else {})}
+    with pytest.raises(ConfigError):
+        parse_config(data)

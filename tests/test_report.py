@@ -28,7 +28,8 @@ def ok_row(key: str, words: int, bucket: str = "1.0", truncated: bool = False) -
     row.update(
         image_ext="jpg", width=600, height=400, sha256=hashlib.sha256(image).hexdigest(), phash="0" * 16,
         filter_notes="{}", bucket=bucket, bucket_h=64, bucket_w=64, captions=json.dumps({"dense": caption}),
-        caption_status="ok", t5=npy_bytes(np.zeros((words + 1, 4), np.float16)), t5_tokens=words + 1,
+        caption_status=json.dumps({"dense": "ok"}),
+        t5=npy_bytes(np.zeros((words + 1, 4), np.float16)), t5_tokens=words + 1,
         t5_truncated=truncated, vae=npy_bytes(np.zeros((8, 8, 8), np.float16)),
     )  # fmt: skip
     return row

@@ -31,7 +31,8 @@ def ok_row(key: str) -> Row:
     row.update(
         image_ext="jpg", width=40, height=30, sha256=hashlib.sha256(image).hexdigest(), phash="8f373714acfcf4d0",
         filter_notes="{}", bucket="0.75", bucket_h=48, bucket_w=64, captions=json.dumps({"dense": f"Blue {key}."}),
-        caption_status="ok", t5=npy_bytes(rng.standard_normal((4, 8)).astype(np.float16)), t5_tokens=4,
+        caption_status=json.dumps({"dense": "ok"}),
+        t5=npy_bytes(rng.standard_normal((4, 8)).astype(np.float16)), t5_tokens=4,
         t5_truncated=False, vae=npy_bytes(rng.standard_normal((8, 6, 8)).astype(np.float16)),
     )  # fmt: skip
     return row

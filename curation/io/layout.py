@@ -36,6 +36,20 @@ TMP_PREFIX = ".tmp-"
 IMAGE_EXTS = ("jpg", "png", "webp")
 MANIFEST_FORMAT = 1
 
+# What the filter measured on each kept image: ``filter_values`` {name: number} in KEY.json, index columns
+# ``filter_<name>`` (curation.stages.filter_checks explains each measure).
+FILTER_VALUE_TYPES = {
+    "file_bytes": pa.int64(),  # size of the input
+    "pixels": pa.int64(),  # width * height of the input (before a downscale to filter.max_train_pixels)
+    "min_side": pa.int32(),
+    "aspect_ratio": pa.float64(),  # max(w/h, h/w)
+    "frames": pa.int32(),
+    "transparent_fraction": pa.float64(),  # 1 - mean(alpha)/255; 0 without alpha
+    "gray_std": pa.float64(),  # blank rule
+    "laplacian_var": pa.float64(),  # blurry rule
+    "chroma": pa.int32(),  # grayscale rule
+}
+
 INDEX_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
@@ -51,6 +65,7 @@ INDEX_SCHEMA = pa.schema(
         ("sha256", pa.string()),
         ("phash", pa.string()),
         ("source", pa.string()),
+        *((f"filter_{name}", kind) for name, kind in FILTER_VALUE_TYPES.items()),
     ]
 )
 REJECTS_SCHEMA = pa.schema([(name, pa.string()) for name in ("key", "source", "stage", "reason", "detail", "status")])
@@ -163,6 +178,18 @@ def npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """Uncompressed ``.npz`` contents of named arrays (never pickles)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=False, **arrays)
+    return buffer.getvalue()
+
+
+def load_npz(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
 
 
 def load_npy(data: bytes) -> np.ndarray:

@@ -25,6 +25,7 @@ from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
 from curation.io.layout import (
+    FILTER_VALUE_TYPES,
     IMAGE_EXTS,
     INDEX_DIR,
     INDEX_SCHEMA,
@@ -40,6 +41,8 @@ from curation.io.layout import (
     atomic_write,
     filesystem,
     list_names,
+    load_npz,
+    npy_bytes,
     read_index,
     read_json,
     read_rejects,
@@ -100,19 +103,24 @@ def sample_metadata(row: Row) -> dict[str, Any]:
         "bucket": row["bucket"],
         "bucket_hw": [row["bucket_h"], row["bucket_w"]],
         "captions": parse_json_field(row["captions"]),
-        "caption_status": row["caption_status"],
+        "caption_status": parse_json_field(row["caption_status"]),
+        "caption_tokens": parse_json_field(row.get("caption_tokens")),
+        "caption_flags": parse_json_field(row.get("caption_flags")),
         "t5_tokens": row["t5_tokens"],
         "t5_truncated": row["t5_truncated"],
+        "caption_t5_tokens": parse_json_field(row.get("caption_t5_tokens")),
+        "caption_t5_truncated": parse_json_field(row.get("caption_t5_truncated")),
         "sha256": row["sha256"],
         "phash": row["phash"],
         "filter_notes": parse_json_field(row["filter_notes"]),
+        "filter_values": parse_json_field(row.get("filter_values")),
     }
 
 
 def tar_sample(row: Row) -> dict[str, Any]:
     """A sample for ``TarWriter(encoder=False)``: every value is already bytes, so nothing is re-encoded."""
     meta = sample_metadata(row)
-    return {
+    sample = {
         "__key__": row["key"],
         _image_ext(row): bytes(row["image"]),
         "json": json.dumps(meta, ensure_ascii=False).encode("utf-8"),
@@ -120,10 +128,15 @@ def tar_sample(row: Row) -> dict[str, Any]:
         "t5.npy": bytes(row["t5"]),
         "vae.npy": bytes(row["vae"]),
     }
+    for name, features in (load_npz(row["t5_extra"]) if row.get("t5_extra") else {}).items():
+        sample[f"t5.{name}.npy"] = npy_bytes(features)
+    return sample
 
 
 def index_record(row: Row, shard: str) -> dict[str, Any]:
     record = {name: row.get(name) for name in INDEX_SCHEMA.names}
+    values = parse_json_field(row.get("filter_values"))
+    record.update({f"filter_{name}": values.get(name) for name in FILTER_VALUE_TYPES})
     record.update(shard=shard, caption=parse_json_field(row["captions"])["dense"])
     return record
 

@@ -15,8 +15,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from curation.config import T5Config
-from curation.io.layout import npy_bytes
+from curation.config import PRIMARY_CAPTION, T5Config
+from curation.io.layout import npy_bytes, npz_bytes
 from curation.models.loading import pretrained_kwargs, resolve_device, resolve_dtype
 from curation.records import Row
 from curation.stages.base import Stage
@@ -41,9 +41,11 @@ class T5Stage(Stage):
     uses_model: ClassVar[bool] = True
     default_rows_per_block: ClassVar[int] = 256  # rows are small here; a big block sorts better by length
 
-    def __init__(self, config: T5Config) -> None:
+    def __init__(self, config: T5Config, caption_names: list[str] | None = None) -> None:
+        """``caption_names``: the captions to encode (default: every caption of the row but the alt text)."""
         super().__init__(config.resources)
         self.config = config
+        self.caption_names = list(caption_names) if caption_names else None
         self.tokenizer = None
         self.encoder = None
         self.device = torch.device("cpu")
@@ -128,6 +130,29 @@ class T5Stage(Stage):
         self.isolate_failures(rows, self._encode_rows)
 
     def _encode_rows(self, rows: list[Row]) -> None:
-        texts = [prepare_t5_text(json.loads(row["captions"])["dense"], self.config.caption_cleaning) for row in rows]
-        for row, (features, n_tokens, truncated) in zip(rows, self.encode(texts), strict=True):
-            row.update(t5=npy_bytes(features), t5_tokens=n_tokens, t5_truncated=truncated)
+        """Every named caption of every row in one length-sorted pass; the primary's features go to ``t5``."""
+        jobs = [(row, name, text) for row in rows for name, text in self._texts(row).items()]
+        encoded = self.encode([text for _, _, text in jobs])
+        per_row: dict[int, dict[str, Encoded]] = {id(row): {} for row in rows}
+        for (row, name, _), result in zip(jobs, encoded, strict=True):
+            per_row[id(row)][name] = result
+        for row in rows:
+            store_features(row, per_row[id(row)])
+
+    def _texts(self, row: Row) -> dict[str, str]:
+        """The captions to encode, cleaned as the flavor's T5 input; the primary must be there."""
+        captions = json.loads(row["captions"])
+        if PRIMARY_CAPTION not in captions:
+            raise ValueError(f"no {PRIMARY_CAPTION!r} caption to encode")
+        names = self.caption_names or [name for name in captions if name != "alt"]
+        cleaning = self.config.caption_cleaning
+        return {name: prepare_t5_text(captions[name], cleaning) for name in names if name in captions}
+
+
+def store_features(row: Row, encoded: dict[str, Encoded]) -> None:
+    primary, primary_tokens, primary_truncated = encoded[PRIMARY_CAPTION]
+    others = {name: features for name, (features, _, _) in encoded.items() if name != PRIMARY_CAPTION}
+    row.update(t5=npy_bytes(primary), t5_tokens=primary_tokens, t5_truncated=primary_truncated)
+    row["t5_extra"] = npz_bytes(others) if others else None
+    row["caption_t5_tokens"] = json.dumps({name: tokens for name, (_, tokens, _) in encoded.items()})
+    row["caption_t5_truncated"] = json.dumps({name: truncated for name, (_, _, truncated) in encoded.items()})

@@ -42,7 +42,8 @@ def ok_row(key: str, t5_tokens: int = 5, bucket_hw: tuple[int, int] = (48, 64)) 
     row.update(
         image_ext="jpg", width=40, height=30, sha256=hashlib.sha256(image).hexdigest(), phash="8f373714acfcf4d0",
         filter_notes=json.dumps({"exif_transpose": False}), bucket="0.75", bucket_h=bucket_hw[0],
-        bucket_w=bucket_hw[1], captions=json.dumps({"dense": f"A red square named {key}."}), caption_status="ok",
+        bucket_w=bucket_hw[1], captions=json.dumps({"dense": f"A red square named {key}."}),
+        caption_status=json.dumps({"dense": "ok"}),
         t5=npy_bytes(rng.standard_normal((t5_tokens, T5_DIM)).astype(np.float16)), t5_tokens=t5_tokens,
         t5_truncated=False,
         vae=npy_bytes(rng.standard_normal((8, bucket_hw[0] // 8, bucket_hw[1] // 8)).astype(np.float16)),
@@ -106,7 +107,7 @@ def test_sink_writes_contract_shards_through_ray(ray_session, tmp_path: Path) ->
         assert meta["captions"] == {"dense": f"A red square named {key}."}
         assert meta["filter_notes"] == {"exif_transpose": False}
         assert meta["t5_tokens"] == 5 and meta["t5_truncated"] is False
-        assert meta["sha256"] == by_key[key]["sha256"] and meta["caption_status"] == "ok"
+        assert meta["sha256"] == by_key[key]["sha256"] and meta["caption_status"] == {"dense": "ok"}
         assert members[f"{key}.txt"].decode() == meta["captions"]["dense"]
         t5 = load_npy(members[f"{key}.t5.npy"])
         vae = load_npy(members[f"{key}.vae.npy"])

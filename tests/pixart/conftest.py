@@ -78,7 +78,7 @@ def _make_sample(rng, key, shard, index, std_scale, second_every) -> tuple[Store
         "bucket": bucket,
         "bucket_hw": [bucket_h, bucket_w],
         "captions": captions,
-        "caption_status": "ok",
+        "caption_status": {"dense": "ok"},
         "t5_tokens": tokens,
         "t5_truncated": False,
         "sha256": hashlib.sha256(image).hexdigest(),
