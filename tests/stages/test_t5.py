@@ -11,7 +11,7 @@ import torch
 from transformers import T5EncoderModel, T5Tokenizer
 
 from curation.config import ModelRef, Resources, T5Config
-from curation.io.layout import load_npy
+from curation.io.layout import load_npy, load_npz
 from curation.records import FAILED, OK, new_row
 from curation.stages.t5 import T5Stage
 
@@ -137,3 +137,37 @@ def test_a_bad_row_fails_alone(stage: T5Stage) -> None:
     assert [row["status"] for row in rows] == [OK, FAILED, OK]
     assert rows[1]["stage"] == "t5" and rows[1]["t5"] is None
     assert rows[0]["t5_tokens"] > 0 and rows[2]["t5_tokens"] > 0
+
+
+def test_every_named_caption_is_encoded_and_only_those(sigma_dir: Path, pixart_reference) -> None:
+    stage = T5Stage(make_config(sigma_dir), caption_names=["dense", "short", "alt"])
+    stage.setup()
+    rows = []
+    for i, (dense, short) in enumerate([(MEDIUM, SHORT), (LONG, "red"), ("two cats and one bird", MEDIUM)]):
+        row = new_row(f"k{i}", f"test/k{i}", b"")
+        captions = {"dense": dense, "short": short, "tags": "not encoded"}
+        if i == 0:
+            captions["alt"] = "an alt text"
+        row["captions"] = json.dumps(captions)
+        rows.append(row)
+
+    stage.process_batch(rows)
+
+    for row in rows:
+        captions = json.loads(row["captions"])
+        extra = load_npz(row["t5_extra"])
+        assert set(extra) == ({"short", "alt"} if "alt" in captions else {"short"})
+        tokens, truncated = json.loads(row["caption_t5_tokens"]), json.loads(row["caption_t5_truncated"])
+        assert set(tokens) == set(truncated) == {"dense", *extra}
+        assert tokens["dense"] == row["t5_tokens"] and truncated["dense"] == row["t5_truncated"]
+        for name, features in [("dense", load_npy(row["t5"])), *extra.items()]:
+            expected, n_real = pixart_reference(captions[name])
+            assert features.dtype == np.float16 and features.shape == (n_real, 32) and tokens[name] == n_real
+            np.testing.assert_allclose(features.astype(np.float32), expected, rtol=FP16_RTOL, atol=FP32_ATOL)
+    assert json.loads(rows[1]["caption_t5_truncated"]) == {"dense": True, "short": False}
+
+
+def test_a_primary_only_recipe_writes_no_extra_features(stage: T5Stage) -> None:
+    row = caption_row("solo", MEDIUM)
+    stage.process_batch([row])
+    assert row["t5_extra"] is None and json.loads(row["caption_t5_tokens"]) == {"dense": row["t5_tokens"]}
