@@ -54,6 +54,7 @@ class ModelRef(Strict):
     revision: str | None = None
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N; auto picks cuda when the worker has one")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    trust_remote_code: bool = Field(False, description="run the repo's own model code (only for repos you trust)")
 
 
 class ReaderConfig(Strict):
@@ -257,6 +258,93 @@ class VAEConfig(Strict):
     compile: bool = Field(False, description="torch.compile the encoder (CUDA; pays a warm-up per bucket shape)")
 
 
+class ScoreRule(Strict):
+    """Thresholds on one score: a sample scoring below ``min`` or above ``max`` is rejected (reason: its name)."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScoreRule:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+AESTHETIC_WEIGHTS_FILE = "sac+logos+ava1-l14-linearMSE.pth"
+
+
+class AestheticScoreConfig(ScoreRule):
+    """LAION's improved aesthetic predictor: an MLP on L2-normalised CLIP ViT-L/14 image embeddings (~1-10)."""
+
+    model: ModelRef | None = Field(
+        None, description="the MLP's state dict: a .pth/.safetensors file, a folder or a hub repo holding weights_file"
+    )
+    weights_file: str = Field(AESTHETIC_WEIGHTS_FILE, description="file name inside a folder or hub repo")
+
+
+class ClassifierScoreConfig(ScoreRule):
+    """An image classifier loadable with ``AutoModelForImageClassification``; the score is P(positive_label)."""
+
+    model: ModelRef | None = None
+    positive_label: str | int | None = Field(
+        None,
+        description="the positive class: a name in the model's id2label (case-insensitive) or an index; "
+        "None: the label named like the score (nsfw / watermark)",
+    )
+
+
+class ClipSimilarityConfig(ScoreRule):
+    """Cosine of the CLIP image and alt-text embeddings; rows without alt text get no score."""
+
+    enabled: bool = False
+
+
+SCORE_NAMES = ("aesthetic", "nsfw", "watermark", "clip_similarity")
+
+
+class ScorersConfig(Strict):
+    """Optional model scores (``scores`` in the sample json, ``score_<name>`` in the index), before captioning."""
+
+    clip: ModelRef | None = Field(
+        None, description="CLIP for aesthetic and clip_similarity (ViT-L/14: openai/clip-vit-large-patch14)"
+    )
+    aesthetic: AestheticScoreConfig = AestheticScoreConfig()
+    nsfw: ClassifierScoreConfig = ClassifierScoreConfig()
+    watermark: ClassifierScoreConfig = ClassifierScoreConfig()
+    clip_similarity: ClipSimilarityConfig = ClipSimilarityConfig()
+    image_side: int = Field(224, ge=16, description="side of the square view the filter prepares (CLIP's geometry)")
+    resources: Resources = Resources(num_cpus=1, num_gpus=1, num_workers=1, batch_size=64)
+
+    @model_validator(mode="after")
+    def _clip_when_needed(self) -> ScorersConfig:
+        if self.clip is None and ({"aesthetic", "clip_similarity"} & set(self.enabled)):
+            raise ValueError("scorers.aesthetic and scorers.clip_similarity need scorers.clip (a CLIP model)")
+        return self
+
+    @property
+    def enabled(self) -> list[str]:
+        """The enabled scores, in ``SCORE_NAMES`` order (also the order rejection reasons are checked in)."""
+        on = {
+            "aesthetic": self.aesthetic.model is not None,
+            "nsfw": self.nsfw.model is not None,
+            "watermark": self.watermark.model is not None,
+            "clip_similarity": self.clip_similarity.enabled,
+        }
+        return [name for name in SCORE_NAMES if on[name]]
+
+    def rule(self, name: str) -> ScoreRule:
+        return getattr(self, name)
+
+    def model_refs(self) -> dict[str, ModelRef]:
+        """The models the enabled scores load, {role: ref} (CLIP once, shared)."""
+        enabled = self.enabled
+        refs = {name: self.rule(name).model for name in ("aesthetic", "nsfw", "watermark") if name in enabled}
+        if self.clip is not None and {"aesthetic", "clip_similarity"} & set(enabled):
+            refs = {"clip": self.clip, **refs}
+        return refs
+
+
 class WriterConfig(Strict):
     samples_per_shard: int = Field(1000, ge=1)
     num_workers: int = Field(1, ge=1)
@@ -289,6 +377,7 @@ class RunConfig(Strict):
     caption: CaptionConfig
     t5: T5Config
     vae: VAEConfig
+    scorers: ScorersConfig = ScorersConfig()
     writer: WriterConfig = WriterConfig()
     ray: RayConfig = RayConfig()
 

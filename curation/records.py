@@ -35,6 +35,7 @@ ROW_SCHEMA = pa.schema(
         ("phash", pa.string()),
         ("filter_notes", pa.string()),  # JSON: what the filter changed (exif transpose, mode conversion)
         ("filter_values", pa.string()),  # JSON {name: number}: what the filter rules measured on a kept image
+        ("scores", pa.string()),  # JSON {name: float}: model scores (aesthetic, nsfw, watermark, clip_similarity)
         ("bucket", pa.string()),
         ("bucket_h", pa.int32()),
         ("bucket_w", pa.int32()),
