@@ -65,6 +65,7 @@ INDEX_SCHEMA = pa.schema(
         ("sha256", pa.string()),
         ("phash", pa.string()),
         ("source", pa.string()),
+        ("caption_flags", pa.string()),  # JSON {caption name: [flag, ...]}
         *((f"filter_{name}", kind) for name, kind in FILTER_VALUE_TYPES.items()),
     ]
 )
@@ -130,10 +131,23 @@ def _read_dir_table(output_dir: str, subdir: str, schema: pa.Schema, columns: li
     fs, root = filesystem(output_dir)
     names = list_names(fs, f"{root}/{subdir}", ".parquet")
     wanted = columns or schema.names
-    tables = [pq.read_table(f"{root}/{subdir}/{name}", columns=wanted, filesystem=fs) for name in names]
+    tables = [_read_columns(fs, f"{root}/{subdir}/{name}", wanted, schema) for name in names]
     if not tables:
         return pa.schema([schema.field(name) for name in wanted]).empty_table()
     return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _read_columns(fs: AbstractFileSystem, path: str, wanted: list[str], schema: pa.Schema) -> pa.Table:
+    """The wanted columns of one file; columns added to the layout after the file was written read as nulls."""
+    with fs.open(path, "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        present = set(parquet.schema_arrow.names)
+        table = parquet.read(columns=[name for name in wanted if name in present])
+    for name in wanted:
+        if name not in present:
+            kind = schema.field(name).type if name in schema.names else pa.null()
+            table = table.append_column(name, pa.nulls(table.num_rows, kind))
+    return table.select(wanted)
 
 
 def read_index(output_dir: str, columns: list[str] | None = None) -> pa.Table:

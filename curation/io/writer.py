@@ -54,6 +54,8 @@ if TYPE_CHECKING:
     from ray.data._internal.execution.interfaces import TaskContext
     from ray.data.datasource.datasink import WriteResult
 
+# Pipeline order of the stages that reject or fail inputs (the funnel lists them so).
+FUNNEL_ORDER = ("read", "dedup", "filter", "scorers", "vae", "caption", "t5", "writer")
 # Fixed member mtime (2000-01-01): the same samples always give byte-identical tars.
 TAR_MTIME = 946_684_800
 _RUN_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -308,13 +310,14 @@ def done_keys(output_dir: str) -> set[str]:
     return keys
 
 
-def _not_written_outcomes(written: set[str], rejects: dict[str, list]) -> dict[str, tuple[str, str]]:
-    """key -> (status, reason) for keys never written; a rejection wins over a failure (it is final)."""
-    outcomes: dict[str, tuple[str, str]] = {}
-    for key, status, reason in zip(rejects["key"], rejects["status"], rejects["reason"], strict=True):
+def _not_written_outcomes(written: set[str], rejects: dict[str, list]) -> dict[str, tuple[str, str, str]]:
+    """key -> (status, stage, reason) for keys never written; a rejection wins over a failure (it is final)."""
+    outcomes: dict[str, tuple[str, str, str]] = {}
+    columns = (rejects["key"], rejects["status"], rejects["stage"], rejects["reason"])
+    for key, status, stage, reason in zip(*columns, strict=True):
         if key in written or outcomes.get(key, ("",))[0] == REJECTED:
             continue
-        outcomes[key] = (status, reason or "")
+        outcomes[key] = (status, stage or "", reason or "")
     return outcomes
 
 
@@ -331,20 +334,41 @@ def _histogram(values: Iterable[str], order: Callable[[str], Any] | None = None)
 
 
 def dataset_summary(output_dir: str) -> dict[str, Any]:
-    """Counts, reason and bucket histograms and the shard list, from the index and rejects files."""
-    index = read_index(output_dir, ["key", "shard", "bucket"]).to_pydict()
-    rejects = read_rejects(output_dir, ["key", "status", "reason"]).to_pydict()
+    """Counts, the funnel, reason, bucket and caption-flag histograms and the shard list (index + rejects)."""
+    index = read_index(output_dir, ["key", "shard", "bucket", "caption_flags"]).to_pydict()
+    rejects = read_rejects(output_dir, ["key", "status", "stage", "reason"]).to_pydict()
     bucket_of = dict(zip(index["key"], index["bucket"], strict=True))
     outcomes = _not_written_outcomes(set(bucket_of), rejects)
-    statuses = Counter(status for status, _ in outcomes.values())
+    statuses = Counter(status for status, _, _ in outcomes.values())
     counts = {"written": len(bucket_of), "rejected": statuses[REJECTED], "failed": statuses[FAILED]}
     return {
         "counts": {"input": sum(counts.values()), **counts},
-        "reject_reasons": _histogram(reason for status, reason in outcomes.values() if status == REJECTED),
-        "failure_reasons": _histogram(reason for status, reason in outcomes.values() if status != REJECTED),
+        "funnel": funnel(outcomes.values()),
+        "reject_reasons": _histogram(reason for status, _, reason in outcomes.values() if status == REJECTED),
+        "failure_reasons": _histogram(reason for status, _, reason in outcomes.values() if status != REJECTED),
         "buckets": _histogram(bucket_of.values(), _bucket_order),
+        "caption_flags": caption_flag_counts(index["caption_flags"]),
         "shards": sorted(set(index["shard"])),
     }
+
+
+def funnel(outcomes: Iterable[tuple[str, str, str]]) -> dict[str, dict[str, int]]:
+    """{stage: {reason: inputs}} of every input not written, stages in pipeline order."""
+    per_stage: dict[str, Counter] = {}
+    for _, stage, reason in outcomes:
+        per_stage.setdefault(stage or "unknown", Counter())[reason or "unknown"] += 1
+    order = {name: i for i, name in enumerate(FUNNEL_ORDER)}
+    ordered = sorted(per_stage, key=lambda stage: (order.get(stage, len(order)), stage))
+    return {stage: dict(per_stage[stage].most_common()) for stage in ordered}
+
+
+def caption_flag_counts(flag_maps: Iterable[str | None]) -> dict[str, dict[str, int]]:
+    """{caption name: {flag: samples}} over the written samples (flag-free captions count under "none")."""
+    counts: dict[str, Counter] = {}
+    for value in flag_maps:
+        for name, flags in parse_json_field(value).items():
+            counts.setdefault(name, Counter()).update(flags or ["none"])
+    return {name: dict(sorted(flag_counts.items())) for name, flag_counts in counts.items()}
 
 
 def finalize(output_dir: str, manifest_fields: dict[str, Any], inputs_read: int | None = None) -> dict[str, Any]:

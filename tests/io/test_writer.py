@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import ray
 from PIL import Image
@@ -273,3 +274,33 @@ def test_finalize_of_empty_output(tmp_path: Path) -> None:
     manifest = finalize(str(tmp_path), {"fingerprint": "fp"})
     assert manifest["counts"] == {"input": 0, "written": 0, "rejected": 0, "failed": 0}
     assert manifest["shards"] == [] and manifest["buckets"] == {}
+
+
+def test_funnel_and_caption_flags_in_the_manifest(tmp_path: Path) -> None:
+    flagged = ok_row("flagged")
+    flagged["caption_flags"] = json.dumps({"dense": ["repetition", "truncated"], "short": []})
+    clean = ok_row("clean")
+    clean["caption_flags"] = json.dumps({"dense": [], "short": ["too_short"]})
+    rows = [flagged, clean, rejected_row("small", "too_small"), rejected_row("tiny", "too_small")]
+    rows += [mark(new_row("copy", "s", b""), REJECTED, "dedup", "duplicate", "clean"), failed_row("boom")]
+    write_task(tmp_path, rows, per_shard=10)
+
+    manifest = finalize(str(tmp_path), {}, inputs_read=7)
+
+    assert manifest["funnel"] == {"dedup": {"duplicate": 1}, "filter": {"too_small": 2}, "caption": {"error": 1}}
+    assert manifest["caption_flags"] == {
+        "dense": {"none": 1, "repetition": 1, "truncated": 1},
+        "short": {"none": 1, "too_short": 1},
+    }
+    assert manifest["counts"] == {"input": 7, "written": 2, "rejected": 3, "failed": 1}
+    assert manifest["unaccounted"] == 1  # the readers counted one input that has no outcome
+
+
+def test_index_files_written_before_a_column_existed_read_as_nulls(tmp_path: Path) -> None:
+    write_task(tmp_path, [ok_row("old")])
+    index_file = next((tmp_path / "index").glob("*.parquet"))
+    table = pq.read_table(index_file).drop_columns(["caption_flags"])
+    pq.write_table(table, index_file)
+
+    assert read_index(str(tmp_path), ["key", "caption_flags"]).to_pylist() == [{"key": "old", "caption_flags": None}]
+    assert finalize(str(tmp_path), {})["caption_flags"] == {}
