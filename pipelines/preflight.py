@@ -394,3 +394,16 @@ def check_cluster(
                 sizes[pool.name],
             )
     return sizes
+
+
+def with_pool_sizes(config, sizes: Mapping[str, int]):
+    """A copy of a run config whose stages' ``resources.num_workers`` are ``sizes`` ({config section: n})."""
+    updates = {}
+    for section, workers in sizes.items():
+        stage = getattr(config, section, None)
+        resources = getattr(stage, "resources", None)
+        if resources is None or resources.num_workers == workers:
+            continue
+        resized = resources.model_copy(update={"num_workers": workers})
+        updates[section] = stage.model_copy(update={"resources": resized})
+    return config.model_copy(update=updates) if updates else config

@@ -1,4 +1,9 @@
-"""The same ``curate build`` against a real two-node Ray cluster on 127.0.0.1 (RAY_ADDRESS set)."""
+"""The same ``curate build`` from a driver given ``RAY_ADDRESS`` of a real two-node cluster on 127.0.0.1.
+
+The nodes run in a directory of their own, and the model paths are given relative to the driver's
+directory: the driver must make them absolute for the workers. The second node must have done work,
+and the dataset must equal the embedded build's.
+"""
 
 from __future__ import annotations
 
@@ -9,44 +14,40 @@ import sys
 from pathlib import Path
 
 import pytest
-from ray.cluster_utils import Cluster
+
+from tests.dataset_compare import dataset_contents
 
 ROOT = Path(__file__).resolve().parents[2]
+DRIVER = (
+    "import sys, ray; from curation.cli import main; rc = main(sys.argv[1:]); "
+    "print('JOB', ray.get_runtime_context().get_job_id()); sys.exit(rc)"
+)
 
 
-# Ray replaces a loopback address by the host's network IP; this keeps every node and client on 127.0.0.1.
-LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-
-
-@pytest.fixture(scope="module")
-def two_node_cluster():
-    previous = {name: os.environ.get(name) for name in LOOPBACK_ONLY}
-    os.environ.update(LOOPBACK_ONLY)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1"})
-    cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
-    cluster.wait_for_nodes()
-    yield cluster
-    cluster.shutdown()
-    for name, value in previous.items():
-        os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
+def relative_model_paths(args: list[str], tiny_models: Path) -> list[str]:
+    """``demo_build_args`` with the tiny model paths written relative to the repository (the driver's cwd)."""
+    relative = os.path.relpath(tiny_models, ROOT)
+    return [arg.replace(str(tiny_models), relative) for arg in args]
 
 
 @pytest.mark.cluster
-def test_build_runs_unchanged_on_a_cluster(two_node_cluster, demo_build_args, tiny_models, tmp_path):
-    args = list(demo_build_args)
+def test_build_with_ray_address_on_a_two_node_cluster(
+    cli_cluster, demo_build_args, demo_dataset, tiny_models, tmp_path
+):
+    args = relative_model_paths(demo_build_args, tiny_models)
     out = tmp_path / "cluster-out"
     args[args.index("--output") + 1] = str(out)
-    env = {**os.environ, **LOOPBACK_ONLY, "RAY_ADDRESS": two_node_cluster.address}
-    code = (
-        "import sys; from curation.cli import main; import ray; rc = main(sys.argv[1:]); "
-        "print('NODES', len([n for n in ray.nodes() if n['Alive']])); sys.exit(rc)"
-    )
+    env = cli_cluster.env(RAY_ADDRESS=cli_cluster.address)
     result = subprocess.run(
-        [sys.executable, "-c", code, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", DRIVER, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "NODES 2" in result.stdout
+    assert result.returncode == 0, result.stderr[-4000:]
+    job_id = result.stdout.split("JOB ")[-1].strip()
+
+    worker_tasks = cli_cluster.finished_tasks(job_id, cli_cluster.worker_node_id())
+    assert any(name.startswith("MapWorker(") for name in worker_tasks), worker_tasks  # a stage actor ran there
+
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["ray"]["address"] == two_node_cluster.address
-    counts = manifest["counts"]
-    assert counts["written"] >= 15 and counts["input"] == counts["written"] + counts["rejected"] + counts["failed"]
+    assert manifest["ray"]["address"] == cli_cluster.address
+    assert manifest["counts"] == json.loads((demo_dataset / "manifest.json").read_text())["counts"]
+    assert dataset_contents(out) == dataset_contents(demo_dataset)

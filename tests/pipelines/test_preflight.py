@@ -15,6 +15,7 @@ from pipelines.preflight import (
     cluster_nodes,
     plan,
     stage_pools,
+    with_pool_sizes,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,3 +168,13 @@ def test_against_the_embedded_ray(ray_session):
     )
     waived = check_cluster([Pool("caption", 1, 1, 2)], DEMO_TASKS, embedded=True, allow_autoscaling=True)
     assert waived == {"caption": 2}
+
+
+def test_resolved_sizes_go_back_into_the_config():
+    from curation.config import load_config
+
+    config = load_config(ROOT / "configs/demo.yaml")
+    resized = with_pool_sizes(config, {"caption": 3, "vae": 1, "caption collector": 1})
+    assert resized.caption.resources.num_workers == 3
+    assert resized.caption.resources.batch_size == config.caption.resources.batch_size
+    assert resized.vae == config.vae and resized.t5 == config.t5
