@@ -6,13 +6,17 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from curation.buckets import bucket_for
 from curation.config import FilterConfig
+from curation.io.layout import FILTER_VALUE_TYPES, INDEX_SCHEMA
+from curation.io.writer import index_record, sample_metadata
 from curation.records import FAILED, OK, REJECTED, new_row
-from curation.stages.filter import REJECT_REASONS, FilterStage
+from curation.stages.filter import FILTER_VALUE_NAMES, REJECT_REASONS, FilterStage
 from curation.stages.prepare import PrepareSpec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
@@ -31,7 +35,9 @@ def noise(width: int, height: int, seed: int = 0) -> Image.Image:
 
 
 def run(data: bytes | None, **config) -> dict:
-    stage = FilterStage(FilterConfig(**{"min_side": 32, **config}), PrepareSpec(BASE_SIZE))
+    """Filter one input; the content rules are off unless a test sets them (most tests use flat colours)."""
+    defaults = {"min_side": 32, "min_gray_std": 0, "min_laplacian_var": 0}
+    stage = FilterStage(FilterConfig(**{**defaults, **config}), PrepareSpec(BASE_SIZE))
     (row,) = stage.process_batch([new_row("k", "src", data)])
     return row
 
@@ -244,15 +250,189 @@ EXPECTED_DEMO_REJECTIONS = {
     "not_an_image.png": "not_an_image",
     "broken_header.webp": "not_an_image",
     "microaneurysms_tiny.png": "too_small",
-    "retina_strip_6x1.jpg": "aspect_ratio",
+    "retina_strip_6x1.jpg": "aspect_ratio",  # 6:1 > 4.5
 }
 
 
 def test_every_demo_image_gets_the_expected_outcome():
+    """With the demo recipe's filter settings and every content rule at its default."""
     paths = sorted(p for p in EXAMPLES.rglob("*") if p.suffix.lower() in {".jpg", ".png", ".webp"})
-    stage = FilterStage(FilterConfig(min_side=128), PrepareSpec(BASE_SIZE))
+    stage = FilterStage(FilterConfig(min_side=128, max_aspect_ratio=4.5), PrepareSpec(256, caption_max_side=512))
     rows = stage.process_batch([new_row(p.name, str(p), p.read_bytes()) for p in paths])
     outcomes = {row["key"]: row["reason"] if row["status"] != OK else OK for row in rows}
     assert {name: reason for name, reason in outcomes.items() if reason != OK} == EXPECTED_DEMO_REJECTIONS
-    assert sum(reason == OK for reason in outcomes.values()) >= 20
+    assert sum(reason == OK for reason in outcomes.values()) == len(paths) - len(EXPECTED_DEMO_REJECTIONS) == 20
     assert all(row["status"] != FAILED for row in rows)
+
+
+# ------------------------------------------------------------------ configurable rules, measured values
+
+
+def gray_png(values: np.ndarray) -> bytes:
+    return encode(Image.fromarray(values.astype(np.uint8), "L"), "PNG")
+
+
+def checkerboard(size: int) -> np.ndarray:
+    """0 / 255 alternating pixels."""
+    return (np.indices((size, size)).sum(axis=0) % 2) * 255
+
+
+def values_of(row: dict) -> dict:
+    assert row["status"] == OK, row["detail"]
+    return json.loads(row["filter_values"])
+
+
+def test_every_issue_reason_code_is_exported():
+    issue_codes = {
+        "not_an_image", "unsupported_format", "too_small", "too_few_pixels", "too_many_pixels", "aspect_ratio",
+        "file_size", "format_not_allowed", "blank", "blurry", "animated", "transparent", "grayscale",
+        "empty", "truncated", "corrupt", "decompression_bomb", "unsupported_mode",
+    }  # fmt: skip
+    assert set(REJECT_REASONS) == issue_codes and len(REJECT_REASONS) == len(issue_codes)
+
+
+def test_measured_values_of_a_kept_image():
+    data = encode(noise(120, 80), "PNG")
+    values = values_of(run(data))
+    assert tuple(sorted(values)) == tuple(sorted(FILTER_VALUE_NAMES)) == tuple(sorted(FILTER_VALUE_TYPES))
+    expected = {"file_bytes": len(data), "pixels": 9600, "min_side": 80, "aspect_ratio": 1.5, "frames": 1}
+    assert {name: values[name] for name in expected} == expected
+    assert values["transparent_fraction"] == 0.0
+
+
+def test_checkerboard_has_the_analytic_laplacian_variance_and_std():
+    # Interior pixels of a 0/255 checkerboard: Laplacian +-4*255, as many of each (62*62 is even): var 1020^2.
+    values = values_of(run(gray_png(checkerboard(64))))
+    assert (values["laplacian_var"], values["gray_std"], values["chroma"]) == (1020.0**2, 127.5, 0)
+
+
+def test_constant_image_is_blank_with_zero_std():
+    row = run(gray_png(np.full((64, 64), 90)), min_gray_std=2)
+    assert_rejected(row, "blank")
+    assert row["detail"] == "gray std 0.0000 < min 2 (view 64x64)"
+
+
+def test_blank_rule_is_measured_on_a_view_of_at_most_256_pixels():
+    row = run(encode(Image.new("RGB", (1000, 500), (10, 20, 30)), "PNG"), min_gray_std=2)
+    assert_rejected(row, "blank")
+    assert row["detail"].endswith("(view 256x128)")
+
+
+def test_a_smooth_ramp_is_blurry_but_not_blank():
+    ramp = np.tile(np.arange(64) * 4, (64, 1))  # linear: the Laplacian is 0 everywhere inside
+    row = run(gray_png(ramp), min_gray_std=2, min_laplacian_var=5)
+    assert_rejected(row, "blurry")
+    assert row["detail"] == "laplacian variance 0.0000 < min 5 (view 64x64)"
+    assert run(gray_png(ramp), min_gray_std=2, min_laplacian_var=0)["status"] == OK
+
+
+def test_laplacian_variance_matches_an_independent_computation_on_noise():
+    gray = np.random.default_rng(5).integers(0, 256, (50, 70))
+    # scipy-free reference: convolve with the 3x3 kernel [[0,1,0],[1,-4,1],[0,1,0]] by explicit loops
+    reference = [
+        gray[i - 1, j] + gray[i + 1, j] + gray[i, j - 1] + gray[i, j + 1] - 4 * gray[i, j]
+        for i in range(1, 49)
+        for j in range(1, 69)
+    ]
+    assert values_of(run(gray_png(gray)))["laplacian_var"] == round(float(np.var(reference)), 4)
+
+
+def test_transparent_fraction_is_one_minus_mean_alpha():
+    rgba = Image.new("RGBA", (64, 64), (200, 10, 10, 51))  # alpha 51 everywhere: 1 - 51/255 = 0.8
+    row = run(encode(rgba, "PNG"), max_transparent_fraction=0.75)
+    assert_rejected(row, "transparent")
+    assert row["detail"] == "transparent fraction 0.8000 > max 0.75"
+    assert values_of(run(encode(rgba, "PNG")))["transparent_fraction"] == 0.8
+
+
+def test_too_few_pixels():
+    data = encode(noise(100, 50), "PNG")
+    row = run(data, min_pixels=5001)
+    assert_rejected(row, "too_few_pixels")
+    assert row["detail"] == "100x50 = 5000 pixels < min 5001"
+    assert run(data, min_pixels=5000)["status"] == OK
+
+
+def test_too_many_pixels_rejected_by_policy():
+    row = run(encode(noise(200, 100), "PNG"), max_train_pixels=19_999, too_many_pixels_policy="reject")
+    assert_rejected(row, "too_many_pixels")
+    assert row["detail"] == "200x100 = 20000 pixels > max_train_pixels 19999"
+
+
+def test_too_many_pixels_downscaled_to_a_lossless_png():
+    original = noise(200, 100)
+    row = run(encode(original, "PNG"), max_train_pixels=5_000)  # scale sqrt(5000 / 20000) = 0.5
+    assert (row["width"], row["height"], row["image_ext"]) == (100, 50, "png")
+    assert json.loads(row["filter_notes"]) == {"downscaled": "200x100->100x50", "reencoded": "png"}
+    assert values_of(row)["pixels"] == 20_000
+    expected = np.asarray(original.resize((100, 50), Image.Resampling.LANCZOS))
+    assert np.array_equal(np.asarray(stored(row)), expected)
+
+
+def test_downscale_follows_the_upright_orientation():
+    data = encode(noise(200, 100), "JPEG", exif=exif_orientation(6))  # upright 100 x 200
+    row = run(data, max_train_pixels=5_000)
+    assert (row["width"], row["height"]) == (50, 100) == stored(row).size
+    assert json.loads(row["filter_notes"])["downscaled"] == "100x200->50x100"
+
+
+def test_the_bomb_guard_is_separate_from_the_training_cap():
+    data = encode(noise(200, 100), "PNG")
+    assert_rejected(run(data, max_pixels=19_999, max_train_pixels=100), "decompression_bomb")
+
+
+def test_format_allow_list():
+    webp = encode(noise(64, 64), "WEBP")
+    row = run(webp, allowed_formats=["jpg", "png"])
+    assert_rejected(row, "format_not_allowed")
+    assert row["detail"] == "format WEBP not in allowed_formats ['JPEG', 'PNG']"
+    assert run(webp, allowed_formats=["WebP"])["status"] == OK
+    with pytest.raises(ValidationError, match="unknown image formats"):
+        FilterConfig(allowed_formats=["jpeg", "nope"])
+
+
+def test_animated_policy_reject():
+    frames = [noise(64, 48, seed) for seed in range(3)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    row = run(data, animated_policy="reject")
+    assert_rejected(row, "animated")
+    assert row["detail"] == "3 frames (animated_policy=reject)"
+
+
+def test_grayscale_policy():
+    gray = encode(noise(64, 64).convert("L"), "PNG")
+    assert values_of(run(gray))["chroma"] == 0
+    row = run(gray, grayscale_policy="reject")
+    assert_rejected(row, "grayscale")
+    assert row["detail"] == "chroma 0 <= grayscale_max_chroma 2"
+    color = np.full((64, 64, 3), 100, dtype=np.uint8)
+    color[10, 10] = (100, 103, 100)  # a single pixel 3 levels off gray makes it a colour image
+    assert values_of(run(encode(Image.fromarray(color), "PNG"), grayscale_policy="reject"))["chroma"] == 3
+
+
+def test_a_missing_decoder_is_an_unsupported_format(monkeypatch):
+    data = encode(noise(64, 64), "JPEG2000")
+    monkeypatch.delattr(Image.core, "jpeg2k_decoder")  # a Pillow built without OpenJPEG
+    row = run(data)
+    assert_rejected(row, "unsupported_format")
+    assert row["detail"] == "JPEG2000: OSError: decoder jpeg2k not available"
+
+
+def test_avif_without_libavif_is_an_unsupported_format(monkeypatch):
+    avif_plugin = pytest.importorskip("PIL.AvifImagePlugin")
+    if not avif_plugin.SUPPORTED:
+        pytest.skip("this Pillow cannot write AVIF to build the input")
+    data = encode(noise(64, 64), "AVIF")
+    monkeypatch.setattr(avif_plugin, "SUPPORTED", False)  # a Pillow built without libavif
+    row = run(data)
+    assert_rejected(row, "unsupported_format")
+    assert "AVIF support" in row["detail"]  # Pillow says "not installed"; without its hint, ours says "built without"
+
+
+def test_measured_values_reach_the_sample_json_and_the_index():
+    row = run(encode(noise(120, 80), "PNG"))
+    row.update(captions=json.dumps({"dense": "noise"}))
+    values = values_of(row)
+    assert sample_metadata(row)["filter_values"] == values
+    index = pa.Table.from_pylist([index_record(row, "s.tar")], schema=INDEX_SCHEMA).to_pylist()[0]
+    assert {name: index[f"filter_{name}"] for name in FILTER_VALUE_NAMES} == values
