@@ -359,6 +359,18 @@ class RayConfig(Strict):
     )
 
 
+class RunSettings(Strict):
+    """How a run judges itself (not how it computes: stays out of the fingerprint)."""
+
+    max_failed_fraction: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="counts.failed / counts.input above this: the run still writes everything it can, manifest "
+        "included, then `curate build` exits non-zero (errors with tracebacks: DIR/_run/errors-*.jsonl)",
+    )
+
+
 class RunConfig(Strict):
     @model_validator(mode="before")
     @classmethod
@@ -380,11 +392,14 @@ class RunConfig(Strict):
     scorers: ScorersConfig = ScorersConfig()
     writer: WriterConfig = WriterConfig()
     ray: RayConfig = RayConfig()
+    run: RunSettings = RunSettings()
 
 
-# Sizing and placement: changing them never changes the output, so they stay out of the fingerprint.
+# Sizing, placement and run policy (``run``): changing them never changes the output, so they stay out of
+# the fingerprint.
 _NOT_FINGERPRINTED = {
     "input", "output", "ray", "resources", "device", "num_workers", "tiny_models_dir", "channels_last", "compile",
+    "run",
 }  # fmt: skip
 
 
