@@ -29,6 +29,7 @@ ROW_SCHEMA = pa.schema(
         ("stage", pa.string()),  # stage that rejected / failed the row
         ("reason", pa.string()),
         ("detail", pa.string()),
+        ("error_trace", pa.string()),  # FAILED by an exception: its traceback (to _run/errors-*.jsonl only)
         ("width", pa.int32()),  # stored image, upright
         ("height", pa.int32()),
         ("sha256", pa.string()),  # of the original input bytes

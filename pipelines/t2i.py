@@ -24,7 +24,7 @@ import ray.data
 
 from curation.config import ReaderConfig, RunConfig, fingerprint
 from curation.io import readers, writer
-from curation.models.loading import check_model_paths, provenance
+from curation.models.loading import check_model_paths, model_records, resolve_numerics
 from curation.models.tiny import ensure_tiny_models
 from curation.records import rows_to_table
 from curation.stages.caption import CaptionStage
@@ -133,13 +133,16 @@ def run(config: RunConfig, overwrite: bool = False) -> dict:
     check_model_paths([config.caption.model, config.t5.model, config.vae.model])
     started = _now()
     run_fingerprint = fingerprint(config)
-    writer.prepare_output(config.output, run_fingerprint, overwrite)
+    _init_ray(config)
+    # device/dtype "auto" resolved once, here, for every worker; the manifest's config stays the recipe.
+    recipe, config = config, resolve_numerics(config, ray.cluster_resources().get("GPU", 0))
+    models = model_records(config)
+    writer.prepare_output(config.output, run_fingerprint, overwrite, models)
     plan = readers.plan_inputs(config.input, config.reader)
     units = plan.units
     done = writer.done_keys(config.output)
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     log.info("run %s: %d read units, %d samples already done", run_id, len(units), len(done))
-    _init_ray(config)
     recorder = StatsRecorder.remote()
     dataset = build(config, units, done, recorder)
     dataset.write_datasink(
@@ -148,11 +151,28 @@ def run(config: RunConfig, overwrite: bool = False) -> dict:
     )
     stats = ray.get(recorder.snapshot.remote())
     ray.kill(recorder)
-    fields = _manifest_fields(config, run_fingerprint, run_id, started)
+    fields = _manifest_fields(recipe, run_fingerprint, run_id, started, models)
     flow = ["read", *(factory().name for factory in stage_factories(config)), "write"]
     stages = {name: stats["stages"].get(name) or summarize_idle() for name in flow}
     fields.update(stages=stages, inputs={**stats["inputs"], **plan.counts()})
-    return writer.finalize(config.output, fields, inputs_read=stats["inputs"].get("input", 0))
+    manifest = writer.finalize(config.output, fields, inputs_read=stats["inputs"].get("input", 0))
+    check_failures(manifest, config.run.max_failed_fraction, config.output)
+    return manifest
+
+
+class TooManyFailuresError(ValueError):
+    """More inputs failed than ``run.max_failed_fraction`` allows; the dataset and manifest are written."""
+
+
+def check_failures(manifest: dict, max_fraction: float, output: str) -> None:
+    """Raise when ``counts.failed / counts.input`` is above ``max_fraction`` (FAILED inputs are retried on rerun)."""
+    failed, inputs = manifest["counts"]["failed"], manifest["counts"]["input"]
+    fraction = failed / inputs if inputs else 0.0
+    if fraction > max_fraction:
+        raise TooManyFailuresError(
+            f"{failed} of {inputs} inputs failed ({fraction:.1%} > run.max_failed_fraction {max_fraction:.1%}); "
+            f"dataset and manifest written, tracebacks in {output}/_run/errors-*.jsonl; rerun to retry them"
+        )
 
 
 def _init_ray(config: RunConfig) -> None:
@@ -178,18 +198,14 @@ def _connect_ray(config: RunConfig) -> None:
     )
 
 
-def _manifest_fields(config: RunConfig, run_fingerprint: str, run_id: str, started: str) -> dict:
+def _manifest_fields(config: RunConfig, run_fingerprint: str, run_id: str, started: str, models: dict) -> dict:
     return {
         "config": config.model_dump(mode="json"),
         "fingerprint": run_fingerprint,
         "run_id": run_id,
         "flavor": config.flavor,
         "caption_cleaning": config.t5.caption_cleaning,
-        "models": {
-            "caption": provenance(config.caption.model),
-            "t5": provenance(config.t5.model, [config.t5.tokenizer_subfolder, config.t5.encoder_subfolder]),
-            "vae": provenance(config.vae.model),
-        },
+        "models": models,  # model_records of the resolved config: provenance + device + dtype per model
         "versions": _versions(),
         "ray": {"address": config.ray.address or os.environ.get("RAY_ADDRESS") or "embedded"},
         "started_at": started,

@@ -147,6 +147,43 @@ def reject_record(row: Row) -> dict[str, Any]:
     return {name: row.get(name) for name in REJECTS_SCHEMA.names}
 
 
+ERRORS_PREFIX = "errors-"  # _run/errors-{run_id}-{task:05d}.jsonl: the FAILED rows of one write task
+_ERROR_TYPE = re.compile(r"^([A-Za-z_][\w.]*)(?::|$)")  # "ValueError: ..." as ``error_detail`` writes it
+
+
+def error_record(row: Row, run_id: str) -> dict[str, Any]:
+    """One line of ``_run/errors-*.jsonl``: a FAILED row with its traceback (when an exception failed it)."""
+    detail = row.get("detail") or ""
+    match = _ERROR_TYPE.match(detail) if row.get("error_trace") else None
+    return {
+        "key": row["key"],
+        "source": row.get("source"),
+        "stage": row.get("stage"),
+        "reason": row.get("reason"),
+        "error_type": match.group(1) if match else row.get("reason"),
+        "message": detail,
+        "traceback": row.get("error_trace"),
+        "run_id": run_id,
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+    }
+
+
+def write_jsonl(fs: AbstractFileSystem, path: str, records: list[dict[str, Any]]) -> None:
+    lines = "".join(json.dumps(record, ensure_ascii=False, default=str) + "\n" for record in records)
+    atomic_write(fs, path, lambda file: file.write(lines.encode("utf-8")))
+
+
+def read_errors(output_dir: str) -> list[dict[str, Any]]:
+    """Every entry of the dataset's error logs (all runs), in file-name order."""
+    fs, root = filesystem(output_dir)
+    records = []
+    for name in list_names(fs, f"{root}/{RUN_DIR}", ".jsonl"):
+        if name.startswith(ERRORS_PREFIX):
+            with fs.open(f"{root}/{RUN_DIR}/{name}", "rb") as file:
+                records += [json.loads(line) for line in file.read().decode("utf-8").splitlines() if line]
+    return records
+
+
 # ---------------------------------------------------------------- write tasks
 
 
@@ -215,11 +252,14 @@ class ShardSink(Datasink[dict[str, Any]]):
         pending: list[Row] = []
         shards: list[str] = []
         rejects: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
         written = 0
         for row in _block_rows(blocks):
             _check_ok_row(row)
             if not is_ok(row):
                 rejects.append(reject_record(row))
+                if row["status"] == FAILED:
+                    errors.append(error_record(row, self.run_id))
                 continue
             pending.append(row)
             if len(pending) == self.samples_per_shard:
@@ -228,6 +268,8 @@ class ShardSink(Datasink[dict[str, Any]]):
         if pending:
             shards.append(write_shard(fs, root, f"{prefix}-{len(shards):04d}", pending))
             written += len(pending)
+        if errors:  # before the rejects file: a failure recorded there always has its log entry
+            write_jsonl(fs, f"{root}/{RUN_DIR}/{ERRORS_PREFIX}{prefix}.jsonl", errors)
         if rejects:
             table = pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA)
             _write_parquet(fs, f"{root}/{REJECTS_DIR}/{prefix}.parquet", table)
@@ -241,12 +283,28 @@ class ShardSink(Datasink[dict[str, Any]]):
 # ---------------------------------------------------------------- driver-side: prepare, resume, finalize
 
 
-def _recorded_fingerprint(fs: AbstractFileSystem, root: str) -> str | None:
+def _recorded_run(fs: AbstractFileSystem, root: str) -> dict[str, Any] | None:
+    """What the finished dataset (manifest) or the unfinished run (state) recorded: fingerprint, models."""
     for path in (f"{root}/{MANIFEST}", f"{root}/{STATE}"):
         recorded = read_json(fs, path)
         if recorded is not None:
-            return recorded.get("fingerprint")
+            return recorded
     return None
+
+
+# What, beside the config, decides a model's numbers: resuming with any of them changed would mix numerics.
+NUMERICS_FIELDS = ("device", "dtype", "revision", "weights_sha256_sampled")
+
+
+def model_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``"vae dtype: float32 -> bfloat16"`` for each field of a model recorded on both sides that differs."""
+    changes = []
+    for model in sorted(recorded.keys() & current.keys()):
+        before, now = recorded[model] or {}, current[model] or {}
+        for field in NUMERICS_FIELDS:
+            if field in before and field in now and before[field] != now[field]:
+                changes.append(f"{model} {field}: {before[field]} -> {now[field]}")
+    return changes
 
 
 def _remove_if_exists(fs: AbstractFileSystem, path: str) -> None:
@@ -281,25 +339,33 @@ def _remove_unpaired_shards(fs: AbstractFileSystem, root: str) -> None:
         fs.rm(f"{root}/{INDEX_DIR}/{stem}.parquet")
 
 
-def prepare_output(output_dir: str, fingerprint: str, overwrite: bool = False) -> None:
-    """Make ``output_dir`` ready for a (possibly resumed) run with config ``fingerprint``.
+def prepare_output(
+    output_dir: str, fingerprint: str, overwrite: bool = False, models: dict[str, Any] | None = None
+) -> None:
+    """Make ``output_dir`` ready for a (possibly resumed) run with config ``fingerprint`` and ``models``.
 
-    A dataset of another fingerprint is refused unless ``overwrite``, which deletes it. With the same
-    fingerprint the run resumes: leftovers of interrupted writes are removed, finished shards stay.
+    ``models`` is what the manifest records per model ({name: {device, dtype, revision, weights hash, ...}}).
+    A dataset of another fingerprint, or whose models ran with other numerics (``NUMERICS_FIELDS``), is
+    refused, naming what changed, unless ``overwrite``, which deletes it. Otherwise the run resumes:
+    leftovers of interrupted writes are removed, finished shards stay.
     """
     fs, root = filesystem(output_dir)
-    recorded = _recorded_fingerprint(fs, root)
-    if recorded is not None and recorded != fingerprint:
-        if not overwrite:
+    recorded = _recorded_run(fs, root)
+    if recorded is not None:
+        changes = model_changes(recorded.get("models") or {}, models or {})
+        if recorded.get("fingerprint") != fingerprint:
+            changes.append(f"config fingerprint {recorded.get('fingerprint')}, this run's is {fingerprint}")
+        if changes and not overwrite:
             raise OutputConflictError(
-                f"{output_dir} holds a dataset built with config fingerprint {recorded}, this run's is "
-                f"{fingerprint}: choose another output or pass --overwrite to delete it"
+                f"{output_dir} holds a dataset built with other settings ({'; '.join(changes)}): resuming would "
+                "mix them; choose another output or pass --overwrite to delete it"
             )
-        _delete_dataset(fs, root)
+        if changes:
+            _delete_dataset(fs, root)
     _remove_temp_files(fs, root)
     _remove_unpaired_shards(fs, root)
     _remove_if_exists(fs, f"{root}/{MANIFEST}")  # the dataset is in flux until finalize() writes it again
-    write_json(fs, f"{root}/{STATE}", {"fingerprint": fingerprint, "prepared_at": _now()})
+    write_json(fs, f"{root}/{STATE}", {"fingerprint": fingerprint, "models": models or {}, "prepared_at": _now()})
 
 
 def done_keys(output_dir: str) -> set[str]:
@@ -400,4 +466,5 @@ __all__ = [
     "done_keys",
     "finalize",
     "prepare_output",
+    "read_errors",
 ]

@@ -18,10 +18,20 @@ from curation.config import Resources
 from curation.records import FAILED, Row, is_ok, mark
 from curation.stages.metrics import StageMetrics
 
+MAX_TRACE_CHARS = 16_000  # a traceback's tail: where it was raised
+
 
 def error_detail(error: BaseException) -> str:
     last = traceback.format_exception_only(type(error), error)[-1].strip()
     return last
+
+
+def mark_error(row: Row, stage: str, error: BaseException) -> Row:
+    """FAILED by ``error``: the one-line reason in ``detail`` (rejects), the traceback in ``error_trace``
+    (the writer logs it to ``_run/errors-*.jsonl``)."""
+    mark(row, FAILED, stage, "error", error_detail(error))
+    row["error_trace"] = "".join(traceback.format_exception(error))[-MAX_TRACE_CHARS:]
+    return row
 
 
 class Stage(ABC):
@@ -59,7 +69,7 @@ class Stage(ABC):
         try:
             self.process_row(row)
         except Exception as error:  # one bad sample must not end the job
-            mark(row, FAILED, self.name, "error", error_detail(error))
+            mark_error(row, self.name, error)
 
     def process_row(self, row: Row) -> None:
         raise NotImplementedError(f"{type(self).__name__} implements neither process_rows nor process_row")
@@ -73,4 +83,4 @@ class Stage(ABC):
                 try:
                     batched([row])
                 except Exception as error:
-                    mark(row, FAILED, self.name, "error", error_detail(error))
+                    mark_error(row, self.name, error)
