@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha import ASPECT_RATIO_256_BIN
 from PIL import Image
 
+from curation.caption_quality import FLAGS
 from curation.cli import main
 from curation.io.layout import load_npy
 
@@ -26,6 +28,10 @@ JSON_FIELDS = {
     "bucket_hw",
     "captions",
     "caption_status",
+    "caption_tokens",
+    "caption_flags",
+    "caption_t5_tokens",
+    "caption_t5_truncated",
     "t5_tokens",
     "t5_truncated",
     "sha256",
@@ -93,15 +99,21 @@ def test_shards_hold_every_contract_field(demo_output):
         assert set(meta) >= JSON_FIELDS and meta["key"] == key
         assert Image.open(io.BytesIO(members[image_ext[0]])).size == (meta["width"], meta["height"])
         assert members["txt"].decode() == meta["captions"]["dense"]
+        assert {"dense", "short"} <= set(meta["captions"])
+        assert set(meta["caption_status"]) == set(meta["caption_tokens"]) == {"dense", "short"}
+        assert all(flag in FLAGS for flags in meta["caption_flags"].values() for flag in flags)
+        assert 0 < meta["caption_tokens"]["dense"] <= 24 and 0 < meta["caption_tokens"]["short"] <= 12
+        short = load_npy(members["t5.short.npy"])
+        assert short.dtype == np.float16 and short.shape[0] == meta["caption_t5_tokens"]["short"]
+        assert meta["caption_t5_tokens"]["dense"] == meta["t5_tokens"]
         t5 = load_npy(members["t5.npy"])
         vae = load_npy(members["vae.npy"])
         assert t5.dtype == np.float16 and t5.shape[0] == meta["t5_tokens"] and t5.ndim == 2
         h, w = meta["bucket_hw"]
         assert vae.dtype == np.float16 and vae.shape == (8, h // 8, w // 8)
-        assert (
-            float(meta["bucket"]) == pytest.approx(float(meta["bucket"]))
-            and str(float(meta["bucket"])) == meta["bucket"]
-        )
+        # PixArt's rule against diffusers' own 256 table: the ratio key nearest to h / w, and its [h, w].
+        nearest = min(ASPECT_RATIO_256_BIN, key=lambda ratio: abs(float(ratio) - meta["height"] / meta["width"]))
+        assert meta["bucket"] == nearest and meta["bucket_hw"] == [int(v) for v in ASPECT_RATIO_256_BIN[nearest]]
         assert index[key]["shard"] and index[key]["caption"] == meta["captions"]["dense"]
 
 
@@ -137,7 +149,7 @@ def test_rerun_resumes_without_rewriting(demo_output):
 
 def test_changed_config_is_refused_without_overwrite(demo_output, capsys):
     _, args = demo_output
-    assert main([*args, "--set", "caption.max_new_tokens=5"]) == 2
+    assert main([*args, "--set", "caption.jobs.dense.max_new_tokens=5"]) == 2
     assert "fingerprint" in capsys.readouterr().err.lower()
 
 
