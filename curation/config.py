@@ -359,6 +359,24 @@ class RayConfig(Strict):
     )
 
 
+class DedupConfig(Strict):
+    """Global deduplication before any model stage (``pipelines/dedup.py``). Inputs that reuse another
+    input's key are always rejected (``duplicate_key``); these switches are about content.
+    """
+
+    enabled: bool = Field(True, description="hash every input and reject duplicates before the main pass")
+    exact: bool = Field(True, description="identical bytes (sha256): reason `duplicate`")
+    near: bool = Field(True, description="pHash within near_duplicate_radius: reason `near_duplicate`")
+    near_duplicate_radius: int = Field(6, ge=0, le=16, description="max Hamming distance of 64-bit pHashes")
+    band_key_blocks: int = Field(
+        2,
+        ge=1,
+        le=4,
+        description="pHash blocks per band key: radius + this many blocks, C(blocks, this) bands; 1 = plain "
+        "radius + 1 banding. Exact recall either way; 2 checks far fewer candidate pairs",
+    )
+
+
 class RunSettings(Strict):
     """How a run judges itself (not how it computes: stays out of the fingerprint)."""
 
@@ -393,6 +411,7 @@ class RunConfig(Strict):
     writer: WriterConfig = WriterConfig()
     ray: RayConfig = RayConfig()
     run: RunSettings = RunSettings()
+    dedup: DedupConfig = DedupConfig()
 
 
 # Sizing, placement and run policy (``run``): changing them never changes the output, so they stay out of
