@@ -31,6 +31,7 @@ from curation.io.layout import FILTER_VALUE_TYPES
 from curation.records import REJECTED, Row, mark
 from curation.stages.base import Stage
 from curation.stages.filter_checks import (
+    ContentValues,
     aspect_ratio,
     check_bomb,
     check_content,
@@ -118,16 +119,8 @@ def filter_image(data: bytes, config: FilterConfig, decode_size: DecodeSize | No
 
     ``decode_size`` allows a reduced JPEG decode when the original bytes are kept (nothing to re-encode).
     """
-    check_file_size(data, config.max_bytes)
-    image = open_image(data)
-    check_format(image.format, config.allowed_formats)
-    width, height = image.size
-    check_bomb(width, height, config.max_pixels)
-    check_geometry(width, height, config)  # side lengths, pixels and aspect ratio survive EXIF rotation
-    frames = frame_count(image)
-    if frames > 1 and config.animated_policy == "reject":
-        raise Rejection(ANIMATED, f"{frames} frames (animated_policy=reject)")
-    source_format, high_depth = image.format, is_high_depth_rgb(image)
+    image, frames = open_checked(data, config)
+    (width, height), source_format, high_depth = image.size, image.format, is_high_depth_rgb(image)
     train_size = training_size(width, height, config.max_train_pixels)  # stored orientation
     _draft(image, train_size, decode_size if _keeps_original(image, high_depth, frames) else None, config.draft)
     decode(image, data)
@@ -144,17 +137,7 @@ def filter_image(data: bytes, config: FilterConfig, decode_size: DecodeSize | No
     view = content_view(rgb)
     content = measure_content(view)
     check_content(content, view.size, config)
-    values = {
-        "file_bytes": len(data),
-        "pixels": width * height,
-        "min_side": min(width, height),
-        "aspect_ratio": round(aspect_ratio(width, height), 4),
-        "frames": frames,
-        "transparent_fraction": round(transparent, 4),
-        "gray_std": round(content.gray_std, 4),
-        "laplacian_var": round(content.laplacian_var, 4),
-        "chroma": content.chroma,
-    }
+    values = measured_values(data, (width, height), frames, transparent, content)
     if turned != 1:
         notes["exif_transpose"] = turned
     if mode_note or high_depth:
@@ -167,6 +150,37 @@ def filter_image(data: bytes, config: FilterConfig, decode_size: DecodeSize | No
         notes["source_format"] = source_format
     notes["reencoded"] = "png"
     return FilteredImage(encode_png(rgb, upright), "png", rgb, size, notes, values)
+
+
+def open_checked(data: bytes, config: FilterConfig) -> tuple[Image.Image, int]:
+    """The opened (not yet decoded) image and its frame count, after every rule the header can decide."""
+    check_file_size(data, config.max_bytes)
+    image = open_image(data)
+    check_format(image.format, config.allowed_formats)
+    check_bomb(image.width, image.height, config.max_pixels)
+    check_geometry(image.width, image.height, config)  # sides, pixels and aspect ratio survive EXIF rotation
+    frames = frame_count(image)
+    if frames > 1 and config.animated_policy == "reject":
+        raise Rejection(ANIMATED, f"{frames} frames (animated_policy=reject)")
+    return image, frames
+
+
+def measured_values(
+    data: bytes, size: tuple[int, int], frames: int, transparent: float, content: ContentValues
+) -> dict[str, float | int]:
+    """``filter_values`` of a kept image (``FILTER_VALUE_NAMES``); ``size`` is the input's, as stored."""
+    width, height = size
+    return {
+        "file_bytes": len(data),
+        "pixels": width * height,
+        "min_side": min(width, height),
+        "aspect_ratio": round(aspect_ratio(width, height), 4),
+        "frames": frames,
+        "transparent_fraction": round(transparent, 4),
+        "gray_std": round(content.gray_std, 4),
+        "laplacian_var": round(content.laplacian_var, 4),
+        "chroma": content.chroma,
+    }
 
 
 def _keeps_original(image: Image.Image, high_depth: bool, frames: int) -> bool:
