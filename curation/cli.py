@@ -33,23 +33,9 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from curation.pixart.embed import second_caption_encoders
-    from curation.pixart.export import export_pixart
+    from curation.pixart.export import export_command
 
-    encoders = None
-    if args.flavor == "sigma" and not args.no_second_captions:
-        encoders = second_caption_encoders(args.dataset)
-    summary = export_pixart(
-        args.dataset,
-        args.dest,
-        args.flavor,
-        resolution=args.resolution,
-        single_scale=args.single_scale,
-        seed=args.seed,
-        extra_features=encoders,
-    )
-    print(json.dumps(summary, indent=2))
-    return 0
+    return export_command(args)
 
 
 def _embed_prompts(args: argparse.Namespace) -> int:
@@ -104,21 +90,13 @@ def _add_build(commands) -> None:
 def _add_pixart(commands) -> None:
     export = commands.add_parser("export", help="export a dataset to another trainer's layout")
     targets = export.add_subparsers(dest="target", required=True)
-    pixart = targets.add_parser("pixart", help="PixArt-alpha/sigma InternData layout")
-    pixart.add_argument("dataset")
-    pixart.add_argument("dest")
-    pixart.add_argument("--flavor", choices=["alpha", "sigma"], required=True)
-    pixart.add_argument("--resolution", type=int, default=None)
-    pixart.add_argument("--single-scale", action="store_true")
-    pixart.add_argument("--seed", type=int, default=0, help="seed of the data_info.json shuffle")
-    pixart.add_argument(
-        "--no-second-captions",
-        action="store_true",
-        help="Σ: skip T5 features of second captions (sharegpt4v); then set real_prompt_ratio=1.0",
+    pixart = targets.add_parser(
+        "pixart", help="PixArt-alpha/sigma InternData layout, ready for PixArt's train scripts"
     )
-    pixart.set_defaults(handler=_export)
+    from curation.pixart.cli_args import add_embed_prompts_args, add_export_pixart_args, add_sample_args
 
-    from curation.pixart.cli_args import add_embed_prompts_args, add_sample_args
+    add_export_pixart_args(pixart)
+    pixart.set_defaults(handler=_export)
 
     add_embed_prompts_args(commands.add_parser("embed-prompts", help="null + validation-prompt T5 embeddings"))
     commands.choices["embed-prompts"].set_defaults(handler=_embed_prompts)

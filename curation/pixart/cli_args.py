@@ -1,8 +1,42 @@
-"""Arguments of ``curate embed-prompts`` and ``curate sample`` (kept apart so ``--help`` stays fast)."""
+"""Arguments of ``curate export pixart``, ``embed-prompts`` and ``sample`` (kept apart so ``--help`` stays fast)."""
 
 from __future__ import annotations
 
 import argparse
+
+
+def add_export_pixart_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", help="a built dataset (local path or fsspec URL)")
+    parser.add_argument("dest", help="output folder (its path must not contain 'InternData')")
+    parser.add_argument("--flavor", choices=["alpha", "sigma"], required=True)
+    parser.add_argument("--resolution", type=int, default=None, help="bucket table (default: the dataset's)")
+    parser.add_argument(
+        "--single-scale", action="store_true", help="square-bucket samples for the single-scale loaders"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data_info.json shuffle")
+    parser.add_argument(
+        "--prompt-caption",
+        default="short",
+        metavar="NAME",
+        help="Σ: the caption written as 'prompt' (default short; or alt, the input's alt text); 'sharegpt4v' is "
+        "the dense caption. A sample without it gets the dense caption in both",
+    )
+    parser.add_argument(
+        "--skip-embeddings",
+        action="store_true",
+        help="do not compute the null and validation-prompt embeddings when the dataset has none (no T5 loaded)",
+    )
+    parser.add_argument(
+        "--t5-model",
+        metavar="PATH",
+        help="the dataset's T5 (hub id or folder) when the manifest's path is not valid on this machine",
+    )
+    parser.add_argument(
+        "--no-second-captions",
+        action="store_true",
+        help="Σ, datasets built before per-caption T5 features: do not encode their alt text as 'sharegpt4v' "
+        "(then set real_prompt_ratio=1.0)",
+    )
 
 
 def add_embed_prompts_args(parser: argparse.ArgumentParser) -> None:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from fsspec import AbstractFileSystem
 
+from curation.io.layout import TMP_PREFIX
 from curation.pixart.loader import pad_tokens
+
+EMBEDDINGS_DIR = "embeddings"  # DATASET/embeddings/: what `curate embed-prompts` writes and the export copies
 
 
 def _padded_embedding(embeds: np.ndarray, max_length: int, real_tokens: int | None) -> tuple[torch.Tensor, ...]:
@@ -43,3 +49,35 @@ def write_prompt_embed(
 
 def null_embed_name(max_length: int) -> str:
     return f"null_embed_diffusers_{max_length}token.pth"
+
+
+def validation_embed_paths(fs: AbstractFileSystem, root: str, max_length: int) -> list[str]:
+    """``DATASET/embeddings/tmp/{prompt}_{T}token.pth`` files (temp files of a write in progress excluded)."""
+    found = fs.glob(f"{root}/{EMBEDDINGS_DIR}/tmp/*_{max_length}token.pth")
+    return sorted(path for path in found if not path.rsplit("/", 1)[-1].startswith(TMP_PREFIX))
+
+
+def has_cached_embeddings(fs: AbstractFileSystem, root: str, max_length: int) -> bool:
+    """The dataset holds a null embedding and at least one validation-prompt embedding of length T."""
+    null = f"{root}/{EMBEDDINGS_DIR}/{null_embed_name(max_length)}"
+    return fs.exists(null) and bool(validation_embed_paths(fs, root, max_length))
+
+
+def _copy_out(fs: AbstractFileSystem, source: str, target: Path) -> str:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with fs.open(source, "rb") as src, open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return str(target)
+
+
+def copy_embeddings(fs: AbstractFileSystem, root: str, dest: Path, max_length: int) -> dict[str, Any]:
+    """Null and validation-prompt embeddings from ``DATASET/embeddings/`` to PixArt's paths under ``DEST/output/``."""
+    null_name = null_embed_name(max_length)
+    copied: dict[str, Any] = {"null_embed": None, "validation_prompts": []}
+    if fs.exists(f"{root}/{EMBEDDINGS_DIR}/{null_name}"):
+        target = dest / "output" / "pretrained_models" / null_name
+        copied["null_embed"] = _copy_out(fs, f"{root}/{EMBEDDINGS_DIR}/{null_name}", target)
+    for source in validation_embed_paths(fs, root, max_length):
+        target = dest / "output" / "tmp" / source.rsplit("/", 1)[-1]
+        copied["validation_prompts"].append(_copy_out(fs, source, target))
+    return copied

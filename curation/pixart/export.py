@@ -10,24 +10,28 @@ Under ``DEST/InternData/`` (JSON folder; T5 ``.npz`` folders; VAE ``.npy`` folde
   (A) and ``caption_features/`` (S); ``img_vae_fatures_{res}_multiscale/ms/`` (PixArt's typo).
 * α single-scale, ``InternalData`` (A and S): ``partition/``; ``caption_feature_wmask/``;
   ``img_vae_features_{res}resolution/noflip/``.
-* Σ multi-scale, ``InternalDataMSSigma``: root; ``caption_features_new/`` and
-  ``sharegpt4v_caption_features_new/``; ``img_sdxl_vae_features_{res}resolution_ms_new/``.
+* Σ multi-scale, ``InternalDataMSSigma``: root; ``caption_features_new/`` (T5 of ``prompt``) and
+  ``sharegpt4v_caption_features_new/`` (T5 of ``sharegpt4v``); ``img_sdxl_vae_features_{res}resolution_ms_new/``.
 * Σ single-scale, ``InternalDataSigma``: root; same T5 folders; ``img_sdxl_vae_features_{res}resolution_new/``.
+
+Which caption fills ``prompt`` and ``sharegpt4v``: export_captions.py. Under ``DEST/output/``: the null
+embedding and validation-prompt embeddings, from ``DATASET/embeddings/`` (computed there first with the
+dataset's T5 when ``compute_embeddings`` and the dataset has none).
 
 Shards are streamed one at a time; only the small JSON entries are held for the final shuffle.
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
 import random
 import shutil
-from collections import Counter, defaultdict, deque
-from collections.abc import Callable
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,26 +41,22 @@ from PIL import Image
 
 from curation.buckets import bucket_for
 from curation.io.layout import IMAGE_EXTS, filesystem, load_npy, read_index, read_manifest
-from curation.pixart.embed_files import null_embed_name
+from curation.pixart.embed_files import copy_embeddings, has_cached_embeddings
+from curation.pixart.export_captions import (
+    PROMPT,
+    SHAREGPT4V,
+    CaptionSource,
+    Encoder,
+    ExportEncoder,
+    choose_captions,
+    stored_features,
+)
+from curation.pixart.export_summary import JSON_NAME, build_summary
 from curation.pixart.layout import ExportPlan, plan_export
 from curation.pixart.loader import iter_shard, pad_tokens
 
-JSON_NAME = "data_info.json"
-PRIMARY_CAPTION = "dense"
-SECOND_CAPTION_BATCH = 32
-COUNTS = (
-    "exported",
-    "second_caption",
-    "second_caption_features",
-    "skipped_not_square",
-    "skipped_inconsistent",
-    "skipped_incomplete",
-    "skipped_duplicate_key",
-)
 # PNG stores these modes as they are; anything else (CMYK, YCbCr, …) is converted to RGB first.
 _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
-
-Encoder = Callable[[list[str]], list[np.ndarray]]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -76,6 +76,7 @@ def png_bytes(data: bytes, ext: str) -> bytes:
 def write_caption_npz(plan: ExportPlan, path: Path, features: np.ndarray) -> None:
     """``caption_feature`` (1, T, D) and ``attention_mask`` (1, T), as the flavor's extractor saves them."""
     padded, mask = pad_tokens(features, plan.max_length)
+    path.unlink(missing_ok=True)  # a re-export must not write through a hard link of the previous one
     np.savez_compressed(
         path,
         caption_feature=padded[None].astype(plan.layout.feature_dtype),
@@ -86,9 +87,21 @@ def write_caption_npz(plan: ExportPlan, path: Path, features: np.ndarray) -> Non
 def _link_or_copy(source: Path, target: Path) -> None:
     target.unlink(missing_ok=True)
     try:
-        os.link(source, target)  # α multi-scale needs the same npz in two folders: no second copy on disk
+        os.link(source, target)  # the same npz in two folders: no second copy on disk
     except OSError:
         shutil.copyfile(source, target)
+
+
+def write_features(plan: ExportPlan, key: str, features: dict[str, np.ndarray]) -> None:
+    """The npz of each text field in every folder its loaders read; one array used twice is written once."""
+    written: dict[int, Path] = {}
+    for field, array in features.items():
+        for path in plan.feature_paths(field, key):
+            if id(array) in written:
+                _link_or_copy(written[id(array)], path)
+            else:
+                write_caption_npz(plan, path, array)
+                written[id(array)] = path
 
 
 @dataclass
@@ -97,25 +110,15 @@ class PreparedSample:
     entry: dict[str, Any]
     image: bytes
     image_ext: str
-    t5: np.ndarray
     vae: np.ndarray
-    second_caption: tuple[str, str] | None  # (caption name, text)
+    features: dict[str, np.ndarray]  # text field (prompt / sharegpt4v) → stored real-token T5 features
+    to_encode: list[tuple[str, CaptionSource]]  # (text field, caption) without stored features
 
 
 def write_sample(plan: ExportPlan, sample: PreparedSample) -> None:
     (plan.image_dir / f"{sample.key}.png").write_bytes(png_bytes(sample.image, sample.image_ext))
-    first, *others = plan.caption_paths(sample.key)
-    write_caption_npz(plan, first, sample.t5)
-    for other in others:
-        _link_or_copy(first, other)
+    write_features(plan, sample.key, sample.features)
     np.save(plan.vae_path(sample.key), sample.vae.astype(plan.layout.vae_dtype, copy=False))
-
-
-def _second_caption(captions: dict[str, str]) -> tuple[str, str] | None:
-    for name, text in captions.items():
-        if name != PRIMARY_CAPTION and text:
-            return name, text
-    return None
 
 
 def _skip_reason(plan: ExportPlan, meta: dict[str, Any], height: int, width: int, vae_shape: tuple) -> str | None:
@@ -128,7 +131,9 @@ def _skip_reason(plan: ExportPlan, meta: dict[str, Any], height: int, width: int
     return None
 
 
-def prepare_sample(plan: ExportPlan, key: str, files: dict[str, bytes], stats: Counter) -> PreparedSample | None:
+def prepare_sample(
+    plan: ExportPlan, key: str, files: dict[str, bytes], stats: Counter, prompt_caption: str
+) -> PreparedSample | None:
     image_ext = next((ext for ext in IMAGE_EXTS if ext in files), None)
     if image_ext is None or not {"json", "t5.npy", "vae.npy"} <= files.keys():
         stats["skipped_incomplete"] += 1
@@ -141,77 +146,40 @@ def prepare_sample(plan: ExportPlan, key: str, files: dict[str, bytes], stats: C
     if reason:
         stats[reason] += 1
         return None
-    captions = meta.get("captions") or {}
-    prompt = captions.get(PRIMARY_CAPTION) or files.get("txt", b"").decode()
-    second = _second_caption(captions)
-    entry = {"path": f"{key}.png", "prompt": prompt, "height": height, "width": width, "ratio": height / width}
+    captions = choose_captions(plan.flavor, meta, files, prompt_caption)
+    entry = {"path": f"{key}.png", "prompt": captions.prompt.text, "height": height, "width": width}
+    entry["ratio"] = height / width
     if plan.flavor == "sigma":
-        entry["sharegpt4v"] = second[1] if second else ""
-    return PreparedSample(key, entry, files[image_ext], image_ext, load_npy(files["t5.npy"]), vae, second)
-
-
-class SecondCaptionWriter:
-    """Encodes second captions in batches with the caller's encoders and writes the sharegpt4v npz files."""
-
-    def __init__(self, plan: ExportPlan, encoders: dict[str, Encoder] | None) -> None:
-        self.plan, self.encoders = plan, encoders or {}
-        self.pending: dict[str, list[tuple[str, str]]] = defaultdict(list)
-        self.written = 0
-
-    def add(self, key: str, caption: tuple[str, str] | None) -> None:
-        if caption is None or self.plan.layout.second_caption_dir is None or caption[0] not in self.encoders:
-            return
-        batch = self.pending[caption[0]]
-        batch.append((key, caption[1]))
-        if len(batch) >= SECOND_CAPTION_BATCH:
-            self._encode(caption[0])
-
-    def flush(self) -> None:
-        for name in list(self.pending):
-            self._encode(name)
-
-    def _encode(self, name: str) -> None:
-        keys, texts = zip(*self.pending.pop(name), strict=True)
-        features = self.encoders[name](list(texts))
-        if len(features) != len(keys):
-            raise ValueError(f"extra_features[{name!r}] returned {len(features)} arrays for {len(keys)} texts")
-        for key, array in zip(keys, features, strict=True):
-            write_caption_npz(self.plan, self.plan.second_caption_path(key), np.asarray(array))
-        self.written += len(keys)
-
-
-def _copy_out(fs: AbstractFileSystem, source: str, target: Path) -> str:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with fs.open(source, "rb") as src, open(target, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    return str(target)
-
-
-def copy_embeddings(fs: AbstractFileSystem, root: str, plan: ExportPlan) -> dict[str, Any]:
-    """Null and validation-prompt embeddings from ``DIR/embeddings/`` to PixArt's paths under ``DEST/output/``."""
-    null_name = null_embed_name(plan.max_length)
-    copied: dict[str, Any] = {"null_embed": None, "validation_prompts": []}
-    if fs.exists(f"{root}/embeddings/{null_name}"):
-        target = plan.dest / "output" / "pretrained_models" / null_name
-        copied["null_embed"] = _copy_out(fs, f"{root}/embeddings/{null_name}", target)
-    for source in sorted(fs.glob(f"{root}/embeddings/tmp/*_{plan.max_length}token.pth")):
-        target = plan.dest / "output" / "tmp" / source.rsplit("/", 1)[-1]
-        copied["validation_prompts"].append(_copy_out(fs, source, target))
-    return copied
+        entry[SHAREGPT4V] = captions.sharegpt4v.text if captions.sharegpt4v else ""
+    if captions.outcome:
+        stats[captions.outcome] += 1
+    features, to_encode = stored_features(captions, files, load_npy)
+    return PreparedSample(key, entry, files[image_ext], image_ext, vae, features, to_encode)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The export.
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    prompt_caption: str = "short"
+    legacy_second_captions: bool = True
+    num_workers: int = 4
+
+
 class _ShardExporter:
     """Streams shards into the export, a bounded number of samples in flight in a thread pool."""
 
     def __init__(
-        self, plan: ExportPlan, dataset: tuple[AbstractFileSystem, str], second: SecondCaptionWriter, workers: int
+        self,
+        plan: ExportPlan,
+        dataset: tuple[AbstractFileSystem, str],
+        encoder: ExportEncoder,
+        options: ExportOptions,
     ) -> None:
-        self.plan, self.dataset, self.second = plan, dataset, second
-        self.num_workers = max(1, workers)
+        self.plan, self.dataset, self.encoder, self.options = plan, dataset, encoder, options
+        self.num_workers = max(1, options.num_workers)
         self.stats: Counter = Counter()
         self.entries: list[dict[str, Any]] = []
         self.seen: set[str] = set()
@@ -221,7 +189,8 @@ class _ShardExporter:
             for shard in shards:
                 self._export_shard(shard, pool)
         self.stats["exported"] = len(self.entries)
-        self.stats["second_caption_features"] = self.second.written
+        self.stats["sharegpt4v_features"] += self.encoder.written[SHAREGPT4V]
+        self.stats["t5_encoded_at_export"] = self.encoder.encoded
 
     def _export_shard(self, shard: str, pool: ThreadPoolExecutor) -> None:
         pending: deque[Future] = deque()
@@ -230,23 +199,34 @@ class _ShardExporter:
             if sample is None:
                 continue
             self.entries.append(sample.entry)
-            self.second.add(key, sample.second_caption)
             pending.append(pool.submit(write_sample, self.plan, sample))
             while len(pending) > 4 * self.num_workers:  # bounds the samples held in memory
                 pending.popleft().result()
         while pending:
             pending.popleft().result()
-        self.second.flush()
+        self.encoder.flush()
 
     def _prepare(self, key: str, files: dict[str, bytes]) -> PreparedSample | None:
         if key in self.seen:
             self.stats["skipped_duplicate_key"] += 1
             return None
-        sample = prepare_sample(self.plan, key, files, self.stats)
-        if sample is not None:
-            self.seen.add(key)
-            self.stats["second_caption"] += sample.second_caption is not None
+        sample = prepare_sample(self.plan, key, files, self.stats, self.options.prompt_caption)
+        if sample is None:
+            return None
+        self.seen.add(key)
+        self.stats["sharegpt4v_caption"] += bool(sample.entry.get(SHAREGPT4V))
+        self.stats["sharegpt4v_features"] += SHAREGPT4V in sample.features
+        for field, source in sample.to_encode:
+            self._queue_encode(key, field, source)
         return sample
+
+    def _queue_encode(self, key: str, field: str, source: CaptionSource) -> None:
+        if field == SHAREGPT4V and not self.options.legacy_second_captions:
+            return
+        if self.encoder.can_encode(source.name):
+            self.encoder.add(key, field, source)
+        elif field == PROMPT:  # an entry without its prompt's features is unreadable: refuse, never guess
+            raise ValueError(f"{key}: caption {source.name!r} has no stored T5 features and no encoder was given")
 
 
 def write_data_info(plan: ExportPlan, entries: list[dict[str, Any]], seed: int) -> list[str]:
@@ -261,58 +241,18 @@ def write_data_info(plan: ExportPlan, entries: list[dict[str, Any]], seed: int) 
     return paths
 
 
-def _real_prompt_ratio(plan: ExportPlan, stats: Counter) -> float:
-    # Σ's loader swaps in sharegpt4v features with probability 1 - ratio, so every sample needs them.
-    complete = 0 < stats["exported"] == stats["second_caption_features"]
-    return 0.5 if plan.flavor == "sigma" and complete else 1.0
+def _prepare_embeddings(
+    fs: AbstractFileSystem, root: str, dataset: str, plan: ExportPlan, compute: bool, t5_model: str | None
+) -> str | None:
+    """Where the embeddings come from: "dataset" (cached), "computed" (now, then cached), or None (missing)."""
+    if has_cached_embeddings(fs, root, plan.max_length):
+        return "dataset"
+    if not compute:
+        return None
+    from curation.pixart.embed import cache_prompt_embeddings  # loads T5: only when the dataset has none
 
-
-def pixart_config(plan: ExportPlan, real_prompt_ratio: float) -> dict[str, Any]:
-    """The PixArt config keys to set for this export (reference §7)."""
-    data = {"type": plan.layout.dataset_class, "root": "InternData", "image_list_json": [JSON_NAME]}
-    return {
-        "data_root": str(plan.dest),
-        "data": {**data, "load_vae_feat": True, "load_t5_feat": True},
-        "image_size": plan.resolution,
-        "multi_scale": not plan.single_scale,
-        "aspect_ratio_type": None if plan.single_scale else f"ASPECT_RATIO_{plan.resolution}",
-        "scale_factor": plan.scale_factor,
-        "model_max_length": plan.max_length,
-        "real_prompt_ratio": real_prompt_ratio,
-    }
-
-
-def _notes(plan: ExportPlan, stats: Counter, embeddings: dict[str, Any]) -> list[str]:
-    notes = [
-        f"Run PixArt's train scripts from {plan.dest} (or copy its output/ folder into your PixArt working "
-        "directory): they read output/pretrained_models/ and output/tmp/ relative to the working directory."
-    ]
-    if embeddings["null_embed"] is None:
-        notes.append(
-            f"No embeddings/{null_embed_name(plan.max_length)} in the dataset: run `curate embed-prompts` "
-            "first (PixArt-Σ's load_checkpoint needs the file whenever it loads a checkpoint)."
-        )
-    if plan.single_scale:
-        notes.append(f"Single-scale: {stats['skipped_not_square']} samples outside the square bucket were skipped.")
-    if plan.flavor == "sigma" and _real_prompt_ratio(plan, stats) == 1.0:
-        notes.append(f"Set real_prompt_ratio=1.0 (Σ configs default to 0.5): {_second_caption_gap(plan, stats)}.")
-    if plan.flavor == "alpha":
-        notes.append(
-            "Train with the PixArt-alpha repo's train.py: the sigma repo's loop does not read alpha "
-            "T5 features (§8.14)."
-        )
-    if stats["skipped_inconsistent"]:
-        notes.append(
-            f"{stats['skipped_inconsistent']} samples skipped: image size, bucket and latent shape "
-            "disagree (run `curate verify`)."
-        )
-    return notes
-
-
-def _second_caption_gap(plan: ExportPlan, stats: Counter) -> str:
-    if plan.layout.second_caption_dir is None:
-        return "no extra_features encoder was given, so sharegpt4v_caption_features_new/ was not written"
-    return f"only {stats['second_caption_features']} of {stats['exported']} samples have second-caption features"
+    cache_prompt_embeddings(dataset, t5_model)
+    return "computed"
 
 
 def export_pixart(
@@ -324,40 +264,59 @@ def export_pixart(
     seed: int = 0,
     extra_features: dict[str, Encoder] | None = None,
     *,
+    prompt_caption: str = "short",
+    legacy_second_captions: bool = True,
+    compute_embeddings: bool = False,
+    t5_model: str | None = None,
     num_workers: int = 4,
 ) -> dict[str, Any]:
     """Export ``dataset`` (local path or fsspec URL) to ``dest`` for PixArt-``flavor``; returns the summary.
 
     ``extra_features`` maps a caption name (e.g. "alt") to ``texts -> [array[real_tokens, D]]``, a T5 encoder
-    for second captions (Σ's ``sharegpt4v``); the arrays hold real tokens only, like ``KEY.t5.npy``.
+    for captions without stored features (real tokens only, like ``KEY.t5.npy``); it is called only for
+    those. ``prompt_caption``: the caption Σ's ``prompt`` takes (default ``short``). ``legacy_second_captions``:
+    encode the alt text of datasets built before per-caption features as their ``sharegpt4v``.
+    ``compute_embeddings``: when the dataset has no null / validation embeddings, compute them with its T5
+    (``t5_model`` overrides the manifest's path) and cache them in ``DATASET/embeddings/``.
     """
     fs, root = filesystem(dataset)
     plan = plan_export(read_manifest(fs, root), dest, flavor, resolution, single_scale)
-    if not extra_features:  # nothing can encode second captions: no sharegpt4v feature folder
-        plan = replace(plan, layout=replace(plan.layout, second_caption_dir=None))
+    source = _prepare_embeddings(fs, root, dataset, plan, compute_embeddings, t5_model)  # fails before the long part
     for folder in plan.folders():
         folder.mkdir(parents=True, exist_ok=True)
-    exporter = _ShardExporter(plan, (fs, root), SecondCaptionWriter(plan, extra_features), num_workers)
+    options = ExportOptions(prompt_caption, legacy_second_captions, num_workers)
+
+    def write_encoded(key: str, field: str, features: np.ndarray) -> None:
+        write_features(plan, key, {field: features})
+
+    exporter = _ShardExporter(plan, (fs, root), ExportEncoder(extra_features, write_encoded), options)
     exporter.run(sorted(read_index(dataset, ["shard"]).column("shard").unique().to_pylist()))  # indexed = complete
     json_paths = write_data_info(plan, exporter.entries, seed)
-    embeddings = copy_embeddings(fs, root, plan)
-    summary = _summary(plan, exporter.stats, embeddings, json_paths)
+    embeddings = {**copy_embeddings(fs, root, plan.dest, plan.max_length), "source": source}
+    summary = build_summary(plan, exporter.stats, embeddings, json_paths, options.prompt_caption)
     (plan.dest / "export_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def _summary(plan: ExportPlan, stats: Counter, embeddings: dict[str, Any], json_paths: list[str]) -> dict[str, Any]:
-    counts = {name: stats[name] for name in COUNTS}
-    return {
-        "flavor": plan.flavor,
-        "max_length": plan.max_length,
-        "resolution": plan.resolution,
-        "single_scale": plan.single_scale,
-        "dest": str(plan.dest),
-        "counts": counts,
-        "folders": [str(folder) for folder in plan.folders()],
-        "data_info": json_paths,
-        "embeddings": embeddings,
-        "pixart_config": pixart_config(plan, _real_prompt_ratio(plan, stats)),
-        "notes": _notes(plan, stats, embeddings),
-    }
+def export_command(args: argparse.Namespace) -> int:
+    """``curate export pixart``: one command, a folder PixArt's train scripts read as it is."""
+    from curation.pixart.embed import second_caption_encoders
+
+    encoders = None
+    if args.flavor == "sigma":  # lazy: T5 loads only for a caption without stored features
+        encoders = second_caption_encoders(args.dataset, ("alt", args.prompt_caption), args.t5_model)
+    summary = export_pixart(
+        args.dataset,
+        args.dest,
+        args.flavor,
+        resolution=args.resolution,
+        single_scale=args.single_scale,
+        seed=args.seed,
+        extra_features=encoders,
+        prompt_caption=args.prompt_caption,
+        legacy_second_captions=not args.no_second_captions,
+        compute_embeddings=not args.skip_embeddings,
+        t5_model=args.t5_model,
+    )
+    print(json.dumps(summary, indent=2))
+    return 0

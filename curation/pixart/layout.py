@@ -17,8 +17,8 @@ class Layout:
 
     dataset_class: str
     json_dirs: tuple[str, ...]
-    caption_dirs: tuple[str, ...]
-    second_caption_dir: str | None
+    caption_dirs: tuple[str, ...]  # T5 of the entry's ``prompt``
+    sharegpt4v_dir: str | None  # Σ: T5 of the entry's ``sharegpt4v`` (the loader's other branch)
     vae_dir: str
     feature_dtype: type[np.generic]
     mask_dtype: type[np.generic]
@@ -77,15 +77,21 @@ class ExportPlan:
     def caption_paths(self, key: str) -> list[Path]:
         return [self.data_dir / folder / f"{key}.npz" for folder in self.layout.caption_dirs]
 
-    def second_caption_path(self, key: str) -> Path:
-        return self.data_dir / str(self.layout.second_caption_dir) / f"{key}.npz"
+    def sharegpt4v_path(self, key: str) -> Path:
+        return self.data_dir / str(self.layout.sharegpt4v_dir) / f"{key}.npz"
+
+    def feature_paths(self, role: str, key: str) -> list[Path]:
+        """Where the T5 npz of an entry's ``prompt`` or ``sharegpt4v`` caption goes (every loader's folder)."""
+        if role == "prompt":
+            return self.caption_paths(key)
+        return [self.sharegpt4v_path(key)] if self.layout.sharegpt4v_dir else []
 
     def vae_path(self, key: str) -> Path:
         return self.data_dir / self.layout.vae_dir / f"{key}.npy"
 
     def folders(self) -> list[Path]:
-        second = [self.layout.second_caption_dir] if self.layout.second_caption_dir else []
-        named = [*self.layout.json_dirs, *self.layout.caption_dirs, *second, self.layout.vae_dir]
+        sharegpt4v = [self.layout.sharegpt4v_dir] if self.layout.sharegpt4v_dir else []
+        named = [*self.layout.json_dirs, *self.layout.caption_dirs, *sharegpt4v, self.layout.vae_dir]
         return [self.image_dir, *(self.data_dir / name for name in named)]
 
 

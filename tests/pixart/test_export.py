@@ -122,7 +122,8 @@ def test_json_order_is_shuffled_and_seed_stable(make_dataset, tmp_path):
     assert first != sorted(first)
 
 
-def test_sigma_second_caption_from_extra_features(make_dataset, tmp_path):
+def test_legacy_sigma_second_caption_from_extra_features(make_dataset, tmp_path):
+    """Datasets built before per-caption T5 features: prompt = dense, sharegpt4v = alt text encoded at export."""
     dataset, stored = make_dataset(second_every=1)
     calls = []
 
@@ -135,21 +136,23 @@ def test_sigma_second_caption_from_extra_features(make_dataset, tmp_path):
     for entry in entries:
         key = Path(entry["path"]).stem
         assert entry["sharegpt4v"] == stored[key].captions["alt"]
+        assert entry["prompt"] == stored[key].captions["dense"]
         npz = np.load(tmp_path / "out/InternData/sharegpt4v_caption_features_new" / f"{key}.npz")
         assert npz["caption_feature"].shape == (1, 300, FEATURE_DIM)
         assert npz["attention_mask"].sum() == len(entry["sharegpt4v"].split())
     assert sum(calls) == len(stored)
-    assert summary["counts"]["second_caption_features"] == len(stored)
-    assert summary["pixart_config"]["real_prompt_ratio"] == 0.5
+    counts = summary["counts"]
+    assert counts["sharegpt4v_features"] == counts["legacy_format"] == counts["t5_encoded_at_export"] == len(stored)
+    assert summary["pixart_config"]["real_prompt_ratio"] == 0.5 and summary["t5_loaded"] is True
 
 
-def test_sigma_without_second_features_asks_for_real_prompt_ratio_one(make_dataset, tmp_path):
+def test_legacy_sigma_without_second_features_asks_for_real_prompt_ratio_one(make_dataset, tmp_path):
     dataset, stored = make_dataset(second_every=2)
     summary = export_pixart(str(dataset), tmp_path / "out", "sigma")
     entries = json.loads((tmp_path / "out/InternData/data_info.json").read_text())
     by_key = {Path(entry["path"]).stem: entry for entry in entries}
     assert all(by_key[k]["sharegpt4v"] == s.captions.get("alt", "") for k, s in stored.items())
-    assert not (tmp_path / "out/InternData/sharegpt4v_caption_features_new").exists()
+    assert not list((tmp_path / "out/InternData/sharegpt4v_caption_features_new").iterdir())
     assert summary["pixart_config"]["real_prompt_ratio"] == 1.0
     assert any("real_prompt_ratio=1.0" in note for note in summary["notes"])
 
@@ -196,7 +199,7 @@ def test_null_embed_with_full_encoder_output_keeps_rows(tmp_path):
 def test_missing_embeddings_are_reported(make_dataset, tmp_path):
     dataset, _ = make_dataset()
     summary = export_pixart(str(dataset), tmp_path / "out", "sigma")
-    assert summary["embeddings"] == {"null_embed": None, "validation_prompts": []}
+    assert summary["embeddings"] == {"null_embed": None, "validation_prompts": [], "source": None}
     assert any("curate embed-prompts" in note for note in summary["notes"])
 
 
