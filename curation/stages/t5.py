@@ -17,7 +17,7 @@ import torch
 
 from curation.config import PRIMARY_CAPTION, T5Config
 from curation.io.layout import npy_bytes, npz_bytes
-from curation.models.loading import pretrained_kwargs, resolve_device, resolve_dtype
+from curation.models.wrappers import load_pretrained, load_processor
 from curation.records import Row
 from curation.stages.base import Stage
 from curation.text import prepare_t5_text
@@ -29,11 +29,10 @@ def load_t5_tokenizer(config: T5Config):
     """``T5Tokenizer`` as PixArt-Σ loads it; ``AutoTokenizer`` for repos that only ship another kind."""
     from transformers import AutoTokenizer, T5Tokenizer
 
-    kwargs = pretrained_kwargs(config.model, config.tokenizer_subfolder)
     try:
-        return T5Tokenizer.from_pretrained(config.model.path, **kwargs)
+        return load_processor(T5Tokenizer, config.model, config.tokenizer_subfolder)
     except (OSError, ValueError, TypeError):
-        return AutoTokenizer.from_pretrained(config.model.path, **kwargs)
+        return load_processor(AutoTokenizer, config.model, config.tokenizer_subfolder)
 
 
 class T5Stage(Stage):
@@ -54,12 +53,10 @@ class T5Stage(Stage):
     def setup(self) -> None:
         from transformers import T5EncoderModel
 
-        self.device = resolve_device(self.config.model.device)
-        self.dtype = dtype = resolve_dtype(self.config.model.dtype, self.device)
         self.tokenizer = load_t5_tokenizer(self.config)
-        kwargs = pretrained_kwargs(self.config.model, self.config.encoder_subfolder)
-        self.encoder = T5EncoderModel.from_pretrained(self.config.model.path, dtype=dtype, **kwargs)
-        self.encoder.to(self.device).eval()
+        self.encoder, self.device, self.dtype = load_pretrained(
+            T5EncoderModel, self.config.model, self.config.encoder_subfolder
+        )
 
     def encode(self, texts: list[str], dtype: type[np.floating] = np.float16) -> list[Encoded]:
         """Encode texts as given (no cleaning here), in input order; features are ``dtype`` (float16 stored)."""

@@ -16,7 +16,7 @@ import torch
 
 from curation.config import VAEConfig
 from curation.io.layout import npy_bytes
-from curation.models.loading import pretrained_kwargs, resolve_device, resolve_dtype
+from curation.models.wrappers import load_pretrained
 from curation.records import Row, drop_pixels, get_pixels
 from curation.stages.base import Stage
 from curation.stages.prepare import bucket_crop, center_crop_box, cover_size  # noqa: F401  (re-exported)
@@ -55,12 +55,8 @@ class VAEStage(Stage):
     def setup(self) -> None:
         from diffusers import AutoencoderKL
 
-        self.device = resolve_device(self.config.model.device)
         # "auto" is bf16 on CUDA: the SDXL VAE overflows in fp16 unless the user picks an fp16-fixed one.
-        self.dtype = resolve_dtype(self.config.model.dtype, self.device)
-        kwargs = pretrained_kwargs(self.config.model)
-        self.vae = AutoencoderKL.from_pretrained(self.config.model.path, dtype=self.dtype, **kwargs)
-        self.vae.to(self.device).eval()
+        self.vae, self.device, self.dtype = load_pretrained(AutoencoderKL, self.config.model)
         if self.channels_last:
             self.vae.to(memory_format=torch.channels_last)
         if self.config.compile:
