@@ -26,13 +26,15 @@ from curation.config import ReaderConfig, RunConfig, fingerprint
 from curation.io import readers, writer
 from curation.models.loading import check_model_paths, model_records, resolve_numerics
 from curation.models.tiny import ensure_tiny_models
-from curation.records import rows_to_table
+from curation.records import REJECTED, mark, rows_to_table
 from curation.stages.caption import CaptionStage
 from curation.stages.filter import FilterStage
 from curation.stages.prepare import PrepareSpec
+from curation.stages.scorers import ScorerStage
 from curation.stages.t5 import T5Stage
 from curation.stages.vae import VAEStage
 from curation.stats import summarize_idle
+from pipelines import dedup
 from pipelines.ray_stages import StatsRecorder, apply_stage
 
 log = logging.getLogger(__name__)
@@ -42,22 +44,26 @@ _PACKAGES = ("pixart-curation", "torch", "transformers", "diffusers", "ray", "we
 
 
 def read_units(
-    table: pa.Table, reader_config: ReaderConfig, max_bytes: int, done_ref: list, recorder
+    table: pa.Table, reader_config: ReaderConfig, max_bytes: int, finished_ref: list, recorder
 ) -> Iterator[pa.Table]:
-    """Ray task: expand read units into sample rows, skipping keys an earlier run already finished.
+    """Ray task: expand read units into sample rows, skipping inputs an earlier run already finished and
+    rejecting the duplicates the dedup step found (stage ``dedup``) before any other stage sees them.
 
     Every input read is counted here, per unit, whatever becomes of it (skipped as done included), so
     ``counts.input`` is measured independently of the outcomes.
     """
-    done = _cached_done_keys(done_ref[0])
-    for unit_json in table.column("unit").to_pylist():
-        unit = json.loads(unit_json)
+    finished = dedup.cached_finished(finished_ref[0])
+    for unit_json, rejections_json in zip(table["unit"].to_pylist(), table["dedup"].to_pylist(), strict=True):
+        unit, rejections = json.loads(unit_json), json.loads(rejections_json)
         started, start = time.time(), time.perf_counter()
         chunk, outcomes = [], Counter()
-        for row in readers.iter_unit(unit, reader_config, max_bytes=max_bytes):
-            if row["key"] in done:
+        for position, row in enumerate(readers.iter_unit(unit, reader_config, max_bytes=max_bytes)):
+            if finished.contains(row):
                 outcomes["already_done"] += 1
                 continue
+            rejection = rejections.get(str(position))
+            if rejection and rejection[0] == row["key"]:  # the key guards against a unit that reads differently now
+                mark(row, REJECTED, dedup.STAGE, rejection[1], rejection[2])
             outcomes[row["status"]] += 1
             chunk.append(row)
             if len(chunk) >= READ_CHUNK_ROWS:
@@ -72,15 +78,22 @@ def read_units(
         recorder.record.remote("read", figures)
 
 
-@functools.lru_cache(maxsize=2)
-def _cached_done_keys(ref) -> frozenset[str]:
-    return frozenset(ray.get(ref))
+def build(
+    config: RunConfig,
+    units: list[dict],
+    finished: dedup.FinishedInputs,
+    recorder,
+    rejections: dict[int, dict[int, list[str]]] | None = None,
+) -> ray.data.Dataset:
+    """The Ray Data graph for one run; executed by ``write_datasink`` (lazy until then).
 
-
-def build(config: RunConfig, units: list[dict], done_keys: set[str], recorder) -> ray.data.Dataset:
-    """The Ray Data graph for one run; executed by ``write_datasink`` (lazy until then)."""
-    done_ref = ray.put(sorted(done_keys))
-    dataset = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=max(1, len(units)))
+    ``rejections``: per read unit index, {position: [key, reason, detail]} from ``dedup.plan_rejections``;
+    each unit travels with its own, so a read task never deserialises the others'.
+    """
+    finished_ref = ray.put(finished)
+    rejections = rejections or {}
+    items = [{"unit": json.dumps(u), "dedup": json.dumps(rejections.get(i, {}))} for i, u in enumerate(units)]
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(units)))
     dataset = dataset.map_batches(
         read_units,
         batch_size=1,
@@ -88,7 +101,7 @@ def build(config: RunConfig, units: list[dict], done_keys: set[str], recorder) -
         fn_kwargs={
             "reader_config": config.reader,
             "max_bytes": config.filter.max_bytes,
-            "done_ref": [done_ref],
+            "finished_ref": [finished_ref],
             "recorder": recorder,
         },
         num_cpus=1,
@@ -104,6 +117,7 @@ def prepare_spec(config: RunConfig) -> PrepareSpec:
         base_size=config.vae.aspect_ratios,
         interpolation=config.vae.interpolation,
         caption_max_side=config.caption.max_image_side,
+        scorer_side=config.scorers.image_side if config.scorers.enabled else None,
         draft=config.filter.draft,
     )
 
@@ -111,11 +125,14 @@ def prepare_spec(config: RunConfig) -> PrepareSpec:
 def stage_factories(config: RunConfig) -> list:
     """The stages in data-flow order; each factory builds a stage inside its worker.
 
-    The VAE runs before the caption stage: its prepared pixels (the largest thing a row carries) leave the
-    row there, so rows queued in front of the slowest stage, the captioner, stay small.
+    The scorers run first among the model stages, so no GPU time goes to images they reject. The VAE runs
+    before the caption stage: its prepared pixels (the largest thing a row carries) leave the row there, so
+    rows queued in front of the slowest stage, the captioner, stay small.
     """
+    scorers = [functools.partial(ScorerStage, config.scorers)] if config.scorers.enabled else []
     return [
         functools.partial(FilterStage, config.filter, prepare_spec(config)),
+        *scorers,
         functools.partial(VAEStage, config.vae),
         functools.partial(CaptionStage, config.caption),
         functools.partial(T5Stage, config.t5, config.t5.captions or list(config.caption.jobs)),
@@ -130,7 +147,7 @@ def run(config: RunConfig, overwrite: bool = False) -> dict:
         raise ValueError("no output: give --output DIR or set `output:` in the config")
     if config.tiny_models_dir:
         ensure_tiny_models(config.tiny_models_dir)
-    check_model_paths([config.caption.model, config.t5.model, config.vae.model])
+    check_model_paths([config.caption.model, config.t5.model, config.vae.model, *config.scorers.model_refs().values()])
     started = _now()
     run_fingerprint = fingerprint(config)
     _init_ray(config)
@@ -140,11 +157,21 @@ def run(config: RunConfig, overwrite: bool = False) -> dict:
     writer.prepare_output(config.output, run_fingerprint, overwrite, models)
     plan = readers.plan_inputs(config.input, config.reader)
     units = plan.units
-    done = writer.done_keys(config.output)
+    finished = dedup.finished_inputs(config.output)
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-    log.info("run %s: %d read units, %d samples already done", run_id, len(units), len(done))
+    log.info("run %s: %d read units, %d inputs already done", run_id, len(units), len(finished.keys))
     recorder = StatsRecorder.remote()
-    dataset = build(config, units, done, recorder)
+    plan_dedup = dedup.plan_rejections(
+        units,
+        config.reader,
+        config.filter.max_bytes,
+        config.filter.max_pixels,
+        config.dedup,
+        finished,
+        dedup.written_hashes(config.output) if config.dedup.enabled else dedup.CONTENT_SCHEMA.empty_table(),
+        recorder,
+    )
+    dataset = build(config, units, finished, recorder, plan_dedup.by_unit)
     dataset.write_datasink(
         writer.ShardSink(config.output, config.writer.samples_per_shard, run_id, recorder),
         concurrency=config.writer.num_workers,
@@ -152,8 +179,9 @@ def run(config: RunConfig, overwrite: bool = False) -> dict:
     stats = ray.get(recorder.snapshot.remote())
     ray.kill(recorder)
     fields = _manifest_fields(recipe, run_fingerprint, run_id, started, models)
-    flow = ["read", *(factory().name for factory in stage_factories(config)), "write"]
+    flow = [dedup.STAGE, "read", *(factory().name for factory in stage_factories(config)), "write"]
     stages = {name: stats["stages"].get(name) or summarize_idle() for name in flow}
+    stages[dedup.STAGE].update(plan_dedup.figures)
     fields.update(stages=stages, inputs={**stats["inputs"], **plan.counts()})
     manifest = writer.finalize(config.output, fields, inputs_read=stats["inputs"].get("input", 0))
     check_failures(manifest, config.run.max_failed_fraction, config.output)

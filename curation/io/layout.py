@@ -8,7 +8,8 @@ Under the dataset dir (local path or any fsspec URL, e.g. ``s3://bucket/ds``)::
     _run/state.json                           fingerprint of the run in progress
     manifest.json                             written last by ``finalize``: its presence means "complete"
 
-Every file is written under a temporary name in its final directory and renamed when complete
+Every file is written under a temporary name in its final directory and renamed when complete, or, on
+object stores, uploaded under its final name and published whole by the upload's last request
 (``atomic_write``). ``curation.io.writer`` writes this layout; readers (verify, report, the PixArt
 loader and exporter) need only this module.
 """
@@ -28,6 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
+
+from curation.config import SCORE_NAMES
 
 SHARDS_DIR, INDEX_DIR, REJECTS_DIR, RUN_DIR, REPORT_DIR = "shards", "index", "rejects", "_run", "report"
 MANIFEST = "manifest.json"
@@ -67,6 +70,7 @@ INDEX_SCHEMA = pa.schema(
         ("source", pa.string()),
         ("caption_flags", pa.string()),  # JSON {caption name: [flag, ...]}
         *((f"filter_{name}", kind) for name, kind in FILTER_VALUE_TYPES.items()),
+        *((f"score_{name}", pa.float64()) for name in SCORE_NAMES),
     ]
 )
 REJECTS_SCHEMA = pa.schema([(name, pa.string()) for name in ("key", "source", "stage", "reason", "detail", "status")])
@@ -90,8 +94,27 @@ def list_names(fs: AbstractFileSystem, directory: str, suffix: str = "") -> list
     return sorted(n for n in names if n.endswith(suffix) and not n.startswith(TMP_PREFIX))
 
 
+# Object stores whose upload appears whole or not at all (a PUT, a multipart upload once completed) and
+# where a rename is a copy + delete. Others (GCS, Azure) keep temp + rename until tested here.
+DIRECT_UPLOAD_PROTOCOLS = frozenset({"s3", "s3a"})
+
+
+def writes_directly(fs: AbstractFileSystem) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
+    return bool(DIRECT_UPLOAD_PROTOCOLS.intersection(protocols))
+
+
 def atomic_write(fs: AbstractFileSystem, path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Run ``write`` on a temp file next to ``path``, then rename it to ``path``."""
+    """Write ``path`` so that readers see all of it or nothing.
+
+    On an object store (``writes_directly``) the final key is uploaded directly and published by one
+    last request once ``write`` has returned: nothing is visible before, and a failure or a crash
+    (kill -9 included) leaves no object behind (an unfinished multipart upload is invisible, and
+    aborted on failure). Elsewhere ``write`` runs on a temp file next to ``path``, renamed to ``path``.
+    """
+    if writes_directly(fs):
+        _upload_then_publish(fs, path, write)
+        return
     directory, name = posixpath.split(path)
     fs.makedirs(directory, exist_ok=True)
     temp = posixpath.join(directory, f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}")
@@ -103,6 +126,20 @@ def atomic_write(fs: AbstractFileSystem, path: str, write: Callable[[IO[bytes]],
         if fs.exists(temp):
             fs.rm(temp)
         raise
+
+
+def _upload_then_publish(fs: AbstractFileSystem, path: str, write: Callable[[IO[bytes]], None]) -> None:
+    # autocommit=False: fsspec's transactional files upload every byte at close() but publish the
+    # object only at commit(); discard() aborts the upload.
+    file = fs.open(path, "wb", autocommit=False)
+    try:
+        write(file)
+        file.close()
+    except BaseException:
+        file.discard()
+        file.closed = True  # discarded: nothing left to flush when the object is collected
+        raise
+    file.commit()
 
 
 def write_json(fs: AbstractFileSystem, path: str, data: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ from fsspec import AbstractFileSystem
 from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
+from curation.config import SCORE_NAMES
 from curation.io.layout import (
     FILTER_VALUE_TYPES,
     IMAGE_EXTS,
@@ -116,6 +117,7 @@ def sample_metadata(row: Row) -> dict[str, Any]:
         "phash": row["phash"],
         "filter_notes": parse_json_field(row["filter_notes"]),
         "filter_values": parse_json_field(row.get("filter_values")),
+        "scores": parse_json_field(row.get("scores")),  # {} when no scorer is enabled
     }
 
 
@@ -139,6 +141,8 @@ def index_record(row: Row, shard: str) -> dict[str, Any]:
     record = {name: row.get(name) for name in INDEX_SCHEMA.names}
     values = parse_json_field(row.get("filter_values"))
     record.update({f"filter_{name}": values.get(name) for name in FILTER_VALUE_TYPES})
+    scores = parse_json_field(row.get("scores"))
+    record.update({f"score_{name}": scores.get(name) for name in SCORE_NAMES})
     record.update(shard=shard, caption=parse_json_field(row["captions"])["dense"])
     return record
 

@@ -29,7 +29,8 @@ from PIL import Image
 
 from curation.caption_quality import GeneratedCaption, counted_flags, json_map, settle_row, store_caption
 from curation.config import CaptionConfig, CaptionJob
-from curation.models.loading import pretrained_kwargs, resolve_device, resolve_dtype
+from curation.models.loading import resolve_device
+from curation.models.wrappers import hub_kwargs, load_pretrained
 from curation.records import FAILED, Row, drop_pixels, get_pixels, mark
 from curation.stages.base import Stage, error_detail
 
@@ -85,12 +86,12 @@ class CaptionStage(Stage):
         self.successes = 0
 
     def setup(self) -> None:
+        from transformers import AutoModelForImageTextToText
+
         ref = self.config.model
-        self.device = resolve_device(ref.device)
-        self.dtype = resolve_dtype(ref.dtype, self.device)
-        kwargs = pretrained_kwargs(ref)
-        self.processor = _load_processor(ref.path, kwargs)
-        self.model = _load_model(ref.path, self.dtype, kwargs, self.device).to(self.device)
+        self.processor = _load_processor(ref.path, hub_kwargs(ref))
+        extra = {"attn_implementation": "sdpa"} if resolve_device(ref.device).type == "cuda" else {}
+        self.model, self.device, self.dtype = load_pretrained(AutoModelForImageTextToText, ref, **extra)
         self.eos_ids = _eos_ids(self.model, self.processor.tokenizer)
 
     def process_rows(self, rows: list[Row]) -> None:
@@ -233,12 +234,3 @@ def _load_processor(path: str, kwargs: dict):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return processor
-
-
-def _load_model(path: str, dtype: torch.dtype, kwargs: dict, device: torch.device):
-    from transformers import AutoModelForImageTextToText
-
-    if device.type == "cuda":
-        kwargs = {**kwargs, "attn_implementation": "sdpa"}
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **kwargs)
-    return model.eval()
