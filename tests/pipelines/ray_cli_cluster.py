@@ -138,14 +138,22 @@ class CliCluster:
     def worker_node_id(self) -> str:
         return next(node["node_id"] for node in self.alive_nodes() if not node["is_head_node"])
 
-    def finished_tasks(self, job_id: str, node_id: str) -> list[str]:
-        """Names of the tasks and actor calls of a job that finished on a node (Ray's state API)."""
-        tasks = self.api("/api/v0/tasks?limit=10000&detail=1")["data"]["result"]["result"]
-        return sorted(
-            task["name"]
-            for task in tasks
-            if task.get("job_id") == job_id and task.get("node_id") == node_id and task.get("state") == "FINISHED"
-        )
+    def finished_tasks(self, job_id: str, node_id: str, prefix: str = "", timeout: float = 30) -> list[str]:
+        """Names of the tasks and actor calls of a job that finished on a node (Ray's state API).
+
+        Nodes report task events every second or so: wait until one named ``prefix…`` is there.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            tasks = self.api("/api/v0/tasks?limit=10000&detail=1")["data"]["result"]["result"]
+            names = sorted(
+                task["name"]
+                for task in tasks
+                if task.get("job_id") == job_id and task.get("node_id") == node_id and task.get("state") == "FINISHED"
+            )
+            if any(name.startswith(prefix) for name in names) or time.monotonic() > deadline:
+                return names
+            time.sleep(1)
 
     def stop(self) -> None:
         """SIGTERM each node's process group, then SIGKILL what is left of it after a grace period."""

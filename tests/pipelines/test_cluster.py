@@ -44,7 +44,7 @@ def test_build_with_ray_address_on_a_two_node_cluster(
     assert result.returncode == 0, result.stderr[-4000:]
     job_id = result.stdout.split("JOB ")[-1].strip()
 
-    worker_tasks = cli_cluster.finished_tasks(job_id, cli_cluster.worker_node_id())
+    worker_tasks = cli_cluster.finished_tasks(job_id, cli_cluster.worker_node_id(), "MapWorker(")
     assert any(name.startswith("MapWorker(") for name in worker_tasks), worker_tasks  # a stage actor ran there
 
     manifest = json.loads((out / "manifest.json").read_text())

@@ -30,7 +30,7 @@ def test_ray_job_submit_builds_the_embedded_dataset(cli_cluster, demo_dataset, t
     job = cli_cluster.api(f"/api/jobs/{submission}")
     assert result.returncode == 0 and job["status"] == "SUCCEEDED", (job.get("message") or result.stdout)[-4000:]
 
-    worker_tasks = cli_cluster.finished_tasks(job["job_id"], cli_cluster.worker_node_id())
+    worker_tasks = cli_cluster.finished_tasks(job["job_id"], cli_cluster.worker_node_id(), "MapWorker(")
     assert any(name.startswith("MapWorker(") for name in worker_tasks), worker_tasks  # a stage actor ran there
 
     manifest = json.loads((out / "manifest.json").read_text())
