@@ -24,7 +24,7 @@ def add_export_pixart_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip-embeddings",
         action="store_true",
-        help="do not compute the null and validation-prompt embeddings when the dataset has none (no T5 loaded)",
+        help="do not compute the null and validation-prompt embeddings with the dataset's T5 when it has none",
     )
     parser.add_argument(
         "--t5-model",
