@@ -89,33 +89,38 @@ class CliCluster:
     def add_node(self, num_cpus: int) -> None:
         self._start_node(f"node{len(self.nodes)}", f"--address={self.address}", num_cpus=num_cpus)
 
-    def _start_node(self, name: str, *args: str, num_cpus: int) -> None:
-        log = self.root / f"{name}.log"
-        command = [
-            RAY,
-            "start",
-            "--block",
-            *args,
-            "--node-ip-address=127.0.0.1",
-            f"--num-cpus={num_cpus}",
-            "--num-gpus=0",
-            f"--temp-dir={self.root / name}",
-            "--disable-usage-stats",
-            *_node_ports(),
-        ]
-        with log.open("wb") as out:  # cwd: the workers' own directory, not the repository
-            process = subprocess.Popen(
-                command, env=self.env(), cwd=self.root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.nodes.append(process)
-        self._wait_for_log(process, log, STARTED)
-
-    def _wait_for_log(self, process: subprocess.Popen, log: Path, line: str, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while line not in log.read_text(errors="replace"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ray start failed:\n{log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.5)
+    def _start_node(self, name: str, *args: str, num_cpus: int, attempts: int = 2) -> None:
+        """``ray start --block``; a second try when the first fails (a raylet has 30 s to register, which a
+        loaded machine can miss)."""
+        for attempt in range(attempts):
+            log = self.root / f"{name}-{attempt}.log"
+            command = [
+                RAY,
+                "start",
+                "--block",
+                *args,
+                "--node-ip-address=127.0.0.1",
+                f"--num-cpus={num_cpus}",
+                "--num-gpus=0",
+                f"--temp-dir={self.root / f'{name}-{attempt}'}",
+                "--disable-usage-stats",
+                *_node_ports(),
+            ]
+            with log.open("wb") as out:  # cwd: the workers' own directory, not the repository
+                process = subprocess.Popen(
+                    command,
+                    env=self.env(),
+                    cwd=self.root,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            if _wait_for_line(process, log, STARTED):
+                self.nodes.append(process)
+                return
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+        raise RuntimeError(f"ray start failed:\n{log.read_text(errors='replace')[-3000:]}")
 
     def api(self, path: str) -> dict:
         """GET a dashboard REST endpoint with this cluster's token."""
@@ -165,6 +170,15 @@ class CliCluster:
         for process in self.nodes:
             _signal_group(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def _wait_for_line(process: subprocess.Popen, log: Path, line: str, timeout: float = 90) -> bool:
+    deadline = time.monotonic() + timeout
+    while line not in log.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
 
 
 def _group_alive(pgid: int) -> bool:
