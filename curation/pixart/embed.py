@@ -43,13 +43,26 @@ NULL_KEY = "null"
 SUMMARY_NAME = "embeddings.json"
 
 
-def embed_prompts(t5_config: T5Config, prompts: list[str], out: str | Path) -> dict:
-    """Encode "" and ``prompts`` with the dataset's T5; write both formats under ``out`` (folder or fsspec URL)."""
+def embed_prompts(t5_config: T5Config, prompts: list[str], out: str | Path, fallback: str | None = None) -> dict:
+    """Encode "" and ``prompts`` with the dataset's T5; write both formats under ``out`` (folder or fsspec URL).
+
+    ``fallback``: where to write instead when ``out`` cannot be written (a read-only dataset); the summary's
+    ``folder`` says where the files went.
+    """
     out = str(out).rstrip("/")
+    last = (null_embed_name(t5_config.max_length), SUMMARY_NAME)
     with tempfile.TemporaryDirectory(prefix="embed-prompts-") as staging:
         summary = _write_embeddings(t5_config, prompts, Path(staging), out)
-        _publish(Path(staging), out, last=(null_embed_name(t5_config.max_length), SUMMARY_NAME))
-    return summary
+        try:
+            _publish(Path(staging), out, last)
+        except OSError as error:  # PermissionError, a read-only bucket, …
+            if fallback is None:
+                raise
+            log.warning("cannot write the embeddings to %s (%s); writing them to %s", out, error, fallback)
+            _publish(Path(staging), fallback, last)
+            null_embed = f"{fallback}/{last[0]}"
+            return {**summary, "null_embed": null_embed, "folder": fallback, "not_written_to": f"{out}: {error}"}
+    return {**summary, "folder": out}
 
 
 def _write_embeddings(t5_config: T5Config, prompts: list[str], staging: Path, out: str) -> dict:
@@ -155,11 +168,13 @@ def _checked(config: T5Config) -> T5Config:
     return config
 
 
-def cache_prompt_embeddings(dataset: str, model_path: str | None = None) -> dict:
-    """The null and PixArt's validation-prompt embeddings, with the dataset's T5, into ``DATASET/embeddings/``."""
+def cache_prompt_embeddings(dataset: str, model_path: str | None = None, fallback: str | None = None) -> dict:
+    """The null and PixArt's validation-prompt embeddings, with the dataset's T5, into ``DATASET/embeddings/``
+    (or ``fallback`` when the dataset is read-only)."""
     config = _checked(dataset_t5_config(dataset, model_path))
     log.info("computing the null and validation-prompt embeddings with %s", config.model.path)
-    return embed_prompts(config, list(PIXART_VALIDATION_PROMPTS), f"{dataset.rstrip('/')}/{EMBEDDINGS_DIR}")
+    out = f"{dataset.rstrip('/')}/{EMBEDDINGS_DIR}"
+    return embed_prompts(config, list(PIXART_VALIDATION_PROMPTS), out, fallback)
 
 
 def second_caption_encoders(

@@ -51,16 +51,17 @@ def null_embed_name(max_length: int) -> str:
     return f"null_embed_diffusers_{max_length}token.pth"
 
 
-def validation_embed_paths(fs: AbstractFileSystem, root: str, max_length: int) -> list[str]:
-    """``DATASET/embeddings/tmp/{prompt}_{T}token.pth`` files (temp files of a write in progress excluded)."""
-    found = fs.glob(f"{root}/{EMBEDDINGS_DIR}/tmp/*_{max_length}token.pth")
+def validation_embed_paths(fs: AbstractFileSystem, folder: str, max_length: int) -> list[str]:
+    """``{folder}/tmp/{prompt}_{T}token.pth`` files (temp files of a write in progress excluded)."""
+    found = fs.glob(f"{folder}/tmp/*_{max_length}token.pth")
     return sorted(path for path in found if not path.rsplit("/", 1)[-1].startswith(TMP_PREFIX))
 
 
-def has_cached_embeddings(fs: AbstractFileSystem, root: str, max_length: int) -> bool:
-    """The dataset holds a null embedding and at least one validation-prompt embedding of length T."""
-    null = f"{root}/{EMBEDDINGS_DIR}/{null_embed_name(max_length)}"
-    return fs.exists(null) and bool(validation_embed_paths(fs, root, max_length))
+def has_embeddings(fs: AbstractFileSystem, folder: str, max_length: int) -> bool:
+    """``folder`` (``DATASET/embeddings``) holds a null and at least one validation-prompt embedding of length T."""
+    return fs.exists(f"{folder}/{null_embed_name(max_length)}") and bool(
+        validation_embed_paths(fs, folder, max_length)
+    )
 
 
 def _copy_out(fs: AbstractFileSystem, source: str, target: Path) -> str:
@@ -70,14 +71,15 @@ def _copy_out(fs: AbstractFileSystem, source: str, target: Path) -> str:
     return str(target)
 
 
-def copy_embeddings(fs: AbstractFileSystem, root: str, dest: Path, max_length: int) -> dict[str, Any]:
-    """Null and validation-prompt embeddings from ``DATASET/embeddings/`` to PixArt's paths under ``DEST/output/``."""
+def copy_embeddings(fs: AbstractFileSystem, folder: str, dest: Path, max_length: int) -> dict[str, Any]:
+    """Null and validation-prompt embeddings from ``folder`` to PixArt's paths under ``DEST/output/``."""
     null_name = null_embed_name(max_length)
     copied: dict[str, Any] = {"null_embed": None, "validation_prompts": []}
-    if fs.exists(f"{root}/{EMBEDDINGS_DIR}/{null_name}"):
-        target = dest / "output" / "pretrained_models" / null_name
-        copied["null_embed"] = _copy_out(fs, f"{root}/{EMBEDDINGS_DIR}/{null_name}", target)
-    for source in validation_embed_paths(fs, root, max_length):
+    if fs.exists(f"{folder}/{null_name}"):
+        copied["null_embed"] = _copy_out(
+            fs, f"{folder}/{null_name}", dest / "output" / "pretrained_models" / null_name
+        )
+    for source in validation_embed_paths(fs, folder, max_length):
         target = dest / "output" / "tmp" / source.rsplit("/", 1)[-1]
         copied["validation_prompts"].append(_copy_out(fs, source, target))
     return copied

@@ -29,6 +29,7 @@ import json
 import os
 import random
 import shutil
+import tempfile
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from PIL import Image
 
 from curation.buckets import bucket_for
 from curation.io.layout import IMAGE_EXTS, filesystem, load_npy, read_index, read_manifest
-from curation.pixart.embed_files import copy_embeddings, has_cached_embeddings
+from curation.pixart.embed_files import EMBEDDINGS_DIR, copy_embeddings, has_embeddings
 from curation.pixart.export_captions import (
     PROMPT,
     SHAREGPT4V,
@@ -241,18 +242,29 @@ def write_data_info(plan: ExportPlan, entries: list[dict[str, Any]], seed: int) 
     return paths
 
 
-def _prepare_embeddings(
-    fs: AbstractFileSystem, root: str, dataset: str, plan: ExportPlan, compute: bool, t5_model: str | None
-) -> str | None:
-    """Where the embeddings come from: "dataset" (cached), "computed" (now, then cached), or None (missing)."""
-    if has_cached_embeddings(fs, root, plan.max_length):
-        return "dataset"
+def _find_embeddings(dataset: str, plan: ExportPlan, compute: bool, t5_model: str | None, scratch: str) -> dict:
+    """Where the null and validation embeddings are: ``folder`` (an fsspec URL) and ``source``.
+
+    ``source``: "dataset" (cached in ``DATASET/embeddings``), "computed" (now, with the dataset's T5, then
+    cached there, or in ``scratch`` for this export only when the dataset is read-only) or None (none).
+    """
+    folder = f"{dataset.rstrip('/')}/{EMBEDDINGS_DIR}"
+    if has_embeddings(*filesystem(folder), plan.max_length):
+        return {"source": "dataset", "not_cached": None, "folder": folder}
     if not compute:
-        return None
+        return {"source": None, "not_cached": None, "folder": folder}
     from curation.pixart.embed import cache_prompt_embeddings  # loads T5: only when the dataset has none
 
-    cache_prompt_embeddings(dataset, t5_model)
-    return "computed"
+    written = cache_prompt_embeddings(dataset, t5_model, fallback=scratch)
+    return {"source": "computed", "folder": written["folder"], "not_cached": written.get("not_written_to")}
+
+
+def _export_embeddings(dataset: str, plan: ExportPlan, compute: bool, t5_model: str | None) -> dict[str, Any]:
+    """The embeddings copied to ``DEST/output/``: what was copied, ``source`` and ``not_cached``."""
+    with tempfile.TemporaryDirectory(prefix="pixart-embeddings-") as scratch:
+        found = _find_embeddings(dataset, plan, compute, t5_model, scratch)
+        copied = copy_embeddings(*filesystem(found.pop("folder")), plan.dest, plan.max_length)
+    return {**copied, **found}
 
 
 def export_pixart(
@@ -281,7 +293,7 @@ def export_pixart(
     """
     fs, root = filesystem(dataset)
     plan = plan_export(read_manifest(fs, root), dest, flavor, resolution, single_scale)
-    source = _prepare_embeddings(fs, root, dataset, plan, compute_embeddings, t5_model)  # fails before the long part
+    embeddings = _export_embeddings(dataset, plan, compute_embeddings, t5_model)  # fails before the long part
     for folder in plan.folders():
         folder.mkdir(parents=True, exist_ok=True)
     options = ExportOptions(prompt_caption, legacy_second_captions, num_workers)
@@ -292,7 +304,6 @@ def export_pixart(
     exporter = _ShardExporter(plan, (fs, root), ExportEncoder(extra_features, write_encoded), options)
     exporter.run(sorted(read_index(dataset, ["shard"]).column("shard").unique().to_pylist()))  # indexed = complete
     json_paths = write_data_info(plan, exporter.entries, seed)
-    embeddings = {**copy_embeddings(fs, root, plan.dest, plan.max_length), "source": source}
     summary = build_summary(plan, exporter.stats, embeddings, json_paths, options.prompt_caption)
     (plan.dest / "export_summary.json").write_text(json.dumps(summary, indent=2))
     return summary

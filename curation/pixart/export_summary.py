@@ -57,6 +57,8 @@ def _notes(plan: ExportPlan, stats: Counter, embeddings: dict[str, Any], prompt_
             f"No embeddings/{null_embed_name(plan.max_length)} in the dataset: run `curate embed-prompts` or export "
             "without --skip-embeddings (PixArt-Σ's load_checkpoint needs the file whenever it loads a checkpoint)."
         )
+    if embeddings.get("not_cached"):
+        notes.append(f"The embeddings were computed for this export only (not cached: {embeddings['not_cached']}).")
     if plan.single_scale:
         notes.append(f"Single-scale: {stats['skipped_not_square']} samples outside the square bucket were skipped.")
     if stats["prompt_fallback_dense"]:

@@ -199,7 +199,12 @@ def test_null_embed_with_full_encoder_output_keeps_rows(tmp_path):
 def test_missing_embeddings_are_reported(make_dataset, tmp_path):
     dataset, _ = make_dataset()
     summary = export_pixart(str(dataset), tmp_path / "out", "sigma")
-    assert summary["embeddings"] == {"null_embed": None, "validation_prompts": [], "source": None}
+    assert summary["embeddings"] == {
+        "null_embed": None,
+        "validation_prompts": [],
+        "source": None,
+        "not_cached": None,
+    }
     assert any("curate embed-prompts" in note for note in summary["notes"])
 
 

@@ -95,3 +95,25 @@ def test_t5_model_flag_overrides_the_manifest_path_of_a_url_dataset(make_dataset
     null = torch.load(tmp_path / "out/output/pretrained_models/null_embed_diffusers_120token.pth", weights_only=True)
     assert null["uncond_prompt_embeds"].shape[:2] == (1, 120)
     assert (dataset / "embeddings/null_embed_diffusers_120token.pth").is_file()
+
+
+def test_a_read_only_dataset_still_gets_a_complete_export(make_dataset, pixart_t5, tmp_path, monkeypatch):
+    from curation.pixart import embed
+
+    t5_folder, _ = pixart_t5
+    dataset, _ = make_dataset(caption_format="dense_short", t5_model=str(t5_folder), shards=1, per_shard=2)
+    real_atomic_write = embed.atomic_write
+
+    def read_only_dataset(fs, path, write):  # what writing into a read-only bucket or mount does
+        if path.startswith(str(dataset)):
+            raise PermissionError(f"{path}: read-only file system")
+        real_atomic_write(fs, path, write)
+
+    monkeypatch.setattr(embed, "atomic_write", read_only_dataset)
+    assert main(["export", "pixart", str(dataset), str(tmp_path / "out"), "--flavor", "sigma"]) == 0
+    summary = json.loads((tmp_path / "out/export_summary.json").read_text())
+    assert summary["embeddings"]["source"] == "computed" and "read-only" in summary["embeddings"]["not_cached"]
+    assert any("not cached" in note for note in summary["notes"])
+    assert (tmp_path / "out/output/pretrained_models/null_embed_diffusers_300token.pth").is_file()
+    assert len(list((tmp_path / "out/output/tmp").glob("*_300token.pth"))) == len(PIXART_VALIDATION_PROMPTS)
+    assert not (dataset / "embeddings").exists()
