@@ -1,7 +1,8 @@
 """``curate tiny-models DIR``: small random-weight models of the real architectures.
 
-They are saved with ``save_pretrained`` in the layouts the real checkpoints use and loaded back by the
-pipeline through exactly the code that loads the real ones:
+They are saved with ``save_pretrained`` in the layouts the real checkpoints use (the LLaVAs' weights under the
+llava-hf hub names, which vLLM needs) and loaded back by the pipeline through exactly the code that loads the
+real ones:
 
 - ``DIR/llava``: ``LlavaForConditionalGeneration`` (CLIP vision tower + Llama LM) with a
   ``LlavaProcessor`` (PIL CLIP image processor, BPE tokenizer with ``<image>`` and llava-hf's chat
@@ -26,12 +27,16 @@ from __future__ import annotations
 import io
 import itertools
 import random
+import shutil
 from pathlib import Path
 
 import torch
 
 T5_DIM = 32
 _SEED = 0
+MODEL_FOLDERS = ("llava", "llava_next", "llava_onevision", "pixart_sigma", "pixart_alpha")
+# Written into the completion marker: bump it whenever the models change, so stale caches are rebuilt.
+TINY_MODELS_VERSION = "2: LM head_dim 32, llava-hf hub key layout"
 
 _WORDS = (  # noqa: SIM905 (one readable pool of words)
     "a an the this that of in on at with and or by from to under over near behind beside above below "
@@ -216,12 +221,49 @@ def _vision_config(kind: str):
 
 
 def _text_config(config_class, tokenizer):
-    """A 2-layer Llama (llava-1.5 / 1.6) or Qwen2 (OneVision) language model over the tiny vocabulary."""
+    """A 2-layer Llama (llava-1.5 / 1.6) or Qwen2 (OneVision) language model over the tiny vocabulary.
+
+    head_dim 32 (64 / 2 heads): vLLM's CPU attention supports head sizes 32, 64, 80, 96, 112, 128, ... only.
+    """
     dims = dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1
     )
     ids = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
     return config_class(vocab_size=len(tokenizer), max_position_embeddings=512, **dims, **ids)
+
+
+# transformers-5 module prefix -> llava-hf hub prefix (a name already in the hub layout maps to itself).
+_HUB_PREFIXES = (
+    ("language_model.model.", "language_model.model."),
+    ("language_model.lm_head.", "language_model.lm_head."),
+    ("language_model.", "language_model.model."),
+    ("lm_head.", "language_model.lm_head."),
+    ("vision_tower.vision_model.", "vision_tower.vision_model."),
+    ("vision_tower.", "vision_tower.vision_model."),
+)
+
+
+def llava_hf_key(name: str) -> str:
+    """A LLaVA weight name in the llava-hf hub layout, from the layout any transformers version saves.
+
+    The hub checkpoints (``llava-hf/*``) name weights ``language_model.model.*``, ``language_model.lm_head.*``,
+    ``vision_tower.vision_model.*``, ``multi_modal_projector.*``, ``image_newline``. transformers 5 keeps other
+    names in memory (``model.`` prefixes, no ``vision_model.``) and converts hub names on load; vLLM loads the
+    hub names only.
+    """
+    name = name.removeprefix("model.")
+    for module_prefix, hub_prefix in _HUB_PREFIXES:
+        if name.startswith(module_prefix):
+            return hub_prefix + name.removeprefix(module_prefix)
+    return name
+
+
+def _rewrite_in_llava_hf_layout(directory: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights_file = directory / "model.safetensors"  # tiny models are never sharded
+    weights = {llava_hf_key(name): tensor for name, tensor in load_file(weights_file).items()}
+    save_file(weights, weights_file, metadata={"format": "pt"})
 
 
 def _save_vlm(directory: Path, model_class, config, processor) -> Path:
@@ -229,6 +271,7 @@ def _save_vlm(directory: Path, model_class, config, processor) -> Path:
     model = model_class(config)
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.save_pretrained(directory)
+    _rewrite_in_llava_hf_layout(directory)
     processor.save_pretrained(directory)
     return directory
 
@@ -326,10 +369,21 @@ def write_tiny_models(directory: str | Path) -> dict[str, Path]:
 
 
 def ensure_tiny_models(directory: str | Path) -> Path:
-    """Create the tiny models once (a marker file says they are complete)."""
+    """Create the tiny models once; a marker holding ``TINY_MODELS_VERSION`` says they are complete and current.
+
+    A folder written by an older version is rewritten. OneVision is added when torchvision is installed but the
+    folder was written without it (another venv), and left in place otherwise.
+    """
+    from transformers.utils import is_torchvision_available
+
     root = Path(directory)
     marker = root / ".complete"
-    if not marker.exists():
+    if not marker.exists() or marker.read_text().strip() != TINY_MODELS_VERSION:
+        marker.unlink(missing_ok=True)
+        for name in MODEL_FOLDERS:  # OneVision too, which this venv may not rewrite
+            shutil.rmtree(root / name, ignore_errors=True)
         write_tiny_models(root)
-        marker.write_text("ok\n")
+        marker.write_text(TINY_MODELS_VERSION + "\n")
+    elif is_torchvision_available() and not (root / "llava_onevision" / "model.safetensors").is_file():
+        write_llava_onevision(root / "llava_onevision")
     return root

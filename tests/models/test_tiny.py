@@ -8,7 +8,8 @@ from diffusers import AutoencoderKL, PixArtSigmaPipeline, PixArtTransformer2DMod
 from transformers import AutoModelForImageTextToText, AutoProcessor, T5EncoderModel, T5Tokenizer
 from transformers.utils import is_torchvision_available
 
-from curation.models.tiny import T5_DIM, ensure_tiny_models
+from curation.models import tiny
+from curation.models.tiny import T5_DIM, TINY_MODELS_VERSION, ensure_tiny_models, llava_hf_key
 
 
 def test_layouts_match_the_real_repositories(tiny_models):
@@ -91,3 +92,83 @@ def test_ensure_is_idempotent(tiny_models):
     before = (tiny_models / "llava" / "model.safetensors").stat().st_mtime_ns
     ensure_tiny_models(tiny_models)
     assert (tiny_models / "llava" / "model.safetensors").stat().st_mtime_ns == before
+
+
+LLAVA_FOLDERS = [
+    "llava",
+    "llava_next",
+    pytest.param(
+        "llava_onevision",
+        marks=pytest.mark.skipif(not is_torchvision_available(), reason="OneVision is written only with torchvision"),
+    ),
+]
+# The weight names of the llava-hf hub checkpoints, which vLLM loads as they are.
+HUB_PREFIXES = (
+    "language_model.model.",
+    "language_model.lm_head.",
+    "vision_tower.vision_model.",
+    "multi_modal_projector.",
+    "image_newline",
+)
+
+
+def fingerprints(tensors) -> list[tuple]:
+    return sorted((tuple(t.shape), t.detach().contiguous().numpy().tobytes()) for t in tensors)
+
+
+@pytest.mark.parametrize("family", LLAVA_FOLDERS)
+def test_llavas_are_saved_in_the_llava_hf_hub_layout_and_load_every_weight(tiny_models, family):
+    from safetensors.torch import load_file
+
+    weights = load_file(tiny_models / family / "model.safetensors")
+    assert all(name.startswith(HUB_PREFIXES) for name in weights)
+    assert {
+        "language_model.model.embed_tokens.weight",
+        "language_model.lm_head.weight",
+        "vision_tower.vision_model.embeddings.patch_embedding.weight",
+        "multi_modal_projector.linear_1.weight",
+    } <= set(weights)
+    model, info = AutoModelForImageTextToText.from_pretrained(tiny_models / family, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    # Names differ in memory: compare contents. Every saved tensor is a model weight (none left at random init).
+    assert fingerprints(weights.values()) == fingerprints(model.state_dict().values())
+    assert torch.equal(model.get_output_embeddings().weight, weights["language_model.lm_head.weight"])
+    assert torch.equal(model.get_input_embeddings().weight, weights["language_model.model.embed_tokens.weight"])
+
+
+def test_llava_hf_key_maps_transformers_5_names_and_keeps_hub_names():
+    cases = {
+        "model.language_model.layers.0.mlp.up_proj.weight": "language_model.model.layers.0.mlp.up_proj.weight",
+        "lm_head.weight": "language_model.lm_head.weight",
+        "model.vision_tower.embeddings.patch_embedding.weight": (
+            "vision_tower.vision_model.embeddings.patch_embedding.weight"
+        ),
+        "model.multi_modal_projector.linear_1.bias": "multi_modal_projector.linear_1.bias",
+        "model.image_newline": "image_newline",
+    }
+    for name, hub in cases.items():
+        assert llava_hf_key(name) == hub
+        assert llava_hf_key(hub) == hub
+
+
+@pytest.mark.parametrize("family", LLAVA_FOLDERS)
+def test_language_model_head_dim_fits_vllm_cpu_attention(tiny_models, family):
+    text = json.loads((tiny_models / family / "config.json").read_text())["text_config"]
+    assert text["hidden_size"] // text["num_attention_heads"] == text.get("head_dim", 32) == 32
+
+
+def test_a_cache_from_another_version_is_rewritten(tmp_path, monkeypatch):
+    written = []
+    monkeypatch.setattr(tiny, "write_tiny_models", lambda root: written.append(root))
+    monkeypatch.setattr(tiny, "write_llava_onevision", lambda folder: written.append(folder))
+    marker = tmp_path / ".complete"
+    marker.write_text("ok\n")  # version 1's marker
+    (tmp_path / "llava_onevision").mkdir()  # written by another venv, then not rewritten by this one
+    ensure_tiny_models(tmp_path)
+    assert written[0] == tmp_path and marker.read_text() == TINY_MODELS_VERSION + "\n"
+    assert not (tmp_path / "llava_onevision").exists()
+    written.clear()
+    (tmp_path / "llava_onevision").mkdir()
+    (tmp_path / "llava_onevision" / "model.safetensors").write_bytes(b"")
+    ensure_tiny_models(tmp_path)
+    assert written == []  # current: nothing rewritten
