@@ -9,6 +9,8 @@ import copy
 import hashlib
 import json
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -151,6 +153,7 @@ DEFAULT_JOBS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "alpha": {"dense": {}},
 }
+_FLAVOR_JOB_NAMES = frozenset(name for jobs in DEFAULT_JOBS.values() for name in jobs)
 _MOVED_CAPTION_KEYS = ("name", "prompt", "prompt_with_alt", "max_new_tokens", "do_sample", "temperature")
 
 
@@ -211,14 +214,88 @@ class CaptionConfig(Strict):
         return {PRIMARY_CAPTION: jobs[PRIMARY_CAPTION], **jobs}
 
 
-def resolve_caption_jobs(data: dict[str, Any]) -> None:
+# Flavor-specific values of PixArt-α and PixArt-Σ. A recipe names its ``flavor`` and writes only what it sets
+# deliberately; every key listed here that it leaves out comes from its flavor (``apply_flavor_defaults``).
+FLAVOR_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "alpha": {
+        "filter": {"max_aspect_ratio": 4.0},
+        "t5": {"max_length": 120, "caption_cleaning": "alpha"},
+        "vae": {"scale_factor": 0.18215},
+    },
+    "sigma": {
+        "filter": {"max_aspect_ratio": 4.5},
+        "t5": {"max_length": 300, "caption_cleaning": "none"},
+        "vae": {"scale_factor": 0.13025},
+    },
+}
+SIGMA_REPO = "PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers"
+# The models of each flavor on the Hugging Face hub (the presets' weights).
+HUB_MODELS: dict[str, dict[str, dict[str, Any]]] = {
+    "alpha": {
+        "caption": {"path": "llava-hf/llava-1.5-7b-hf"},
+        "t5": {"path": "PixArt-alpha/PixArt-XL-2-1024-MS"},
+        "vae": {"path": "stabilityai/sd-vae-ft-ema"},
+    },
+    "sigma": {
+        "caption": {"path": "llava-hf/llava-v1.6-mistral-7b-hf"},
+        "t5": {"path": SIGMA_REPO},
+        "vae": {"path": SIGMA_REPO, "subfolder": "vae"},
+    },
+}
+MODEL_SECTIONS_WITH_DEFAULTS = ("caption", "t5", "vae")
+
+
+def tiny_flavor_models(directory: str, flavor: str) -> dict[str, dict[str, Any]]:
+    """The flavor's models among the tiny random-weight ones ``curate tiny-models`` writes in ``directory``."""
+    pipeline = f"{directory.rstrip('/')}/pixart_{flavor}"
+    return {
+        "caption": {"path": f"{directory.rstrip('/')}/llava"},
+        "t5": {"path": pipeline},
+        "vae": {"path": pipeline, "subfolder": "vae"},
+    }
+
+
+def flavor_models(flavor: str, tiny_models_dir: str | None) -> dict[str, dict[str, Any]]:
+    """The model set of a recipe: the tiny folders when it has a ``tiny_models_dir`` (the demo), else the hub ids."""
+    return tiny_flavor_models(tiny_models_dir, flavor) if tiny_models_dir else HUB_MODELS[flavor]
+
+
+def apply_flavor_defaults(data: dict[str, Any]) -> None:
+    """Fill what a recipe leaves out from its flavor, in place; every key the recipe sets wins.
+
+    - ``FLAVOR_DEFAULTS``: T5 length and caption cleaning, VAE scale factor, max aspect ratio;
+    - each model stage's ``model`` field by field (``flavor_models``): a recipe that sets only ``vae.model.dtype``
+      keeps the flavor's path and subfolder; ``subfolder: null`` drops the flavor's subfolder;
+    - ``caption.jobs`` (``resolve_caption_jobs``).
+    An unknown flavor is left for validation to report.
+    """
+    flavor = data.get("flavor", "sigma")
+    if flavor not in FLAVOR_DEFAULTS:
+        return
+    models = flavor_models(flavor, data.get("tiny_models_dir"))
+    for section_name in {*FLAVOR_DEFAULTS[flavor], *MODEL_SECTIONS_WITH_DEFAULTS}:
+        section = data.setdefault(section_name, {})
+        if not isinstance(section, dict):
+            continue
+        for key, value in FLAVOR_DEFAULTS[flavor].get(section_name, {}).items():
+            section.setdefault(key, value)
+        if section_name in models:
+            model = section.setdefault("model", {})
+            if isinstance(model, dict):
+                section["model"] = {**models[section_name], **model}
+    resolve_caption_jobs(data, flavor)
+
+
+def resolve_caption_jobs(data: dict[str, Any], flavor: str = "sigma") -> None:
     """Fill ``caption.jobs`` from the flavor's defaults: absent → the flavor's jobs; a job given in part
     (e.g. by ``--set caption.jobs.dense.max_new_tokens=200``) → the flavor's job of that name with those
-    fields changed; a job set to null → removed."""
+    fields changed; a job set to null → removed. Settings without a prompt for a job that only another flavor
+    has (``short`` under α) are that flavor's tuning and are left out, so one recipe serves both flavors; a new
+    job gives its ``prompt``."""
     caption = data.get("caption")
     if not isinstance(caption, dict):
         return
-    defaults = DEFAULT_JOBS.get(data.get("flavor", "sigma"), DEFAULT_JOBS["sigma"])
+    defaults = DEFAULT_JOBS[flavor]
     given = caption.get("jobs")
     if given is None:
         caption["jobs"] = {name: dict(job) for name, job in defaults.items()}
@@ -230,6 +307,8 @@ def resolve_caption_jobs(data: dict[str, Any]) -> None:
         if job is None:
             resolved.pop(name, None)
         elif isinstance(job, dict):
+            if name not in defaults and name in _FLAVOR_JOB_NAMES and "prompt" not in job:
+                continue
             resolved[name] = {**resolved.get(name, {}), **job}
         else:
             resolved[name] = job
@@ -392,10 +471,10 @@ class RunSettings(Strict):
 class RunConfig(Strict):
     @model_validator(mode="before")
     @classmethod
-    def _flavor_defaults(cls, data: Any) -> Any:
+    def _flavor_defaults(cls, data: Any) -> Any:  # see apply_flavor_defaults
         if isinstance(data, dict):
             data = copy.deepcopy(data)
-            resolve_caption_jobs(data)
+            apply_flavor_defaults(data)
         return data
 
     input: list[str] = []
@@ -451,13 +530,48 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     node[leaf] = yaml.safe_load(raw)
 
 
+def _section_model(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The config class a field holds (unwrapping ``X | None``), and whether it holds ``dict[str, X]``."""
+    origin = typing.get_origin(annotation)
+    if origin is dict:
+        return _section_model(typing.get_args(annotation)[1])[0], True
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            model, keyed = _section_model(arg)
+            if model is not None:
+                return model, keyed
+        return None, False
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    return None, False
+
+
+def valid_keys(loc: tuple[Any, ...], root: type[BaseModel] | None = None) -> list[str] | None:
+    """The keys allowed beside the last part of ``loc`` (an error location), or None when unknown."""
+    model: type[BaseModel] | None = root or RunConfig
+    parts = list(loc[:-1])
+    while parts and model is not None:
+        field = model.model_fields.get(str(parts.pop(0)))
+        if field is None:
+            return None
+        model, keyed = _section_model(field.annotation)
+        if keyed and parts:
+            parts.pop(0)  # the dict key (a caption job's name)
+        elif keyed:
+            return None
+    return list(model.model_fields) if model is not None else None
+
+
 def _format_errors(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         path = ".".join(str(p) for p in item["loc"])
-        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-        lines.append(f"  {path}: {message}")
-    return "invalid config:\n" + "\n".join(lines)
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            keys = valid_keys(item["loc"])
+            message = f"unknown key (valid: {', '.join(keys)})" if keys else "unknown key"
+        lines.append(f"{path}: {message}")
+    return "invalid config: " + "; ".join(lines)
 
 
 def parse_config(data: dict[str, Any]) -> RunConfig:

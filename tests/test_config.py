@@ -116,3 +116,91 @@ def test_caption_jobs_need_the_primary_and_file_safe_names(jobs):
     data["caption"]["jobs"] = {**jobs, **({"dense": None} if "dense" not in jobs else {})}
     with pytest.raises(ConfigError):
         parse_config(data)
+
+
+def test_unknown_key_lists_the_valid_keys_of_its_section():
+    data = _minimal()
+    data["caption"]["max_new_tokenz"] = 5
+    with pytest.raises(ConfigError) as error:
+        parse_config(data)
+    assert str(error.value) == (
+        "invalid config: caption.max_new_tokenz: unknown key "
+        "(valid: model, backend, resources, jobs, quality, max_image_side)"
+    )
+    job = _minimal()
+    apply_override(job, "caption.jobs.dense.prompts=x")
+    with pytest.raises(
+        ConfigError, match=r"caption\.jobs\.dense\.prompts: unknown key \(valid: prompt, prompt_with_alt"
+    ):
+        parse_config(job)
+
+
+DEMO_FLAVOR = {
+    "alpha": (120, "alpha", 0.18215, 4.0, ["dense"]),
+    "sigma": (300, "none", 0.13025, 4.5, ["dense", "short"]),
+}
+
+
+@pytest.mark.parametrize("flavor", ["alpha", "sigma"])
+def test_one_flag_switches_the_demo_recipe(flavor):
+    config = load_config(CONFIGS / "demo.yaml", [f"flavor={flavor}"])
+    resolved = (
+        config.t5.max_length,
+        config.t5.caption_cleaning,
+        config.vae.scale_factor,
+        config.filter.max_aspect_ratio,
+        list(config.caption.jobs),
+    )
+    assert resolved == DEMO_FLAVOR[flavor]
+    tiny = ".cache/tiny-models"
+    assert config.caption.model.path == f"{tiny}/llava"
+    assert config.t5.model.path == config.vae.model.path == f"{tiny}/pixart_{flavor}"
+    assert (config.vae.model.subfolder, config.t5.tokenizer_subfolder) == ("vae", "tokenizer")
+    assert config.caption.jobs["dense"].max_new_tokens == 24  # the demo's deliberate settings stay
+    assert config.vae.aspect_ratios == 256 and config.filter.min_side == 128
+
+
+def test_explicit_keys_win_over_the_flavor():
+    config = load_config(
+        CONFIGS / "demo.yaml",
+        ["flavor=alpha", "t5.max_length=200", "vae.model.subfolder=null", "vae.model.path=/models/sd-vae"],
+    )
+    assert (config.t5.max_length, config.t5.caption_cleaning) == (200, "alpha")
+    assert (config.vae.model.path, config.vae.model.subfolder) == ("/models/sd-vae", None)
+
+
+def test_presets_switch_to_the_other_flavors_hub_models():
+    alpha = load_config(CONFIGS / "pixart_sigma_1024.yaml", ["flavor=alpha"])
+    assert (alpha.caption.model.path, alpha.t5.model.path) == (
+        "llava-hf/llava-1.5-7b-hf",
+        "PixArt-alpha/PixArt-XL-2-1024-MS",
+    )
+    assert (alpha.vae.model.path, alpha.vae.model.subfolder, alpha.vae.model.dtype) == (
+        "stabilityai/sd-vae-ft-ema",
+        None,
+        "bfloat16",
+    )
+    sigma = load_config(CONFIGS / "pixart_alpha_1024.yaml", ["flavor=sigma"])
+    repo = "PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers"
+    assert (sigma.t5.model.path, sigma.vae.model.path, sigma.vae.model.subfolder) == (repo, repo, "vae")
+    assert sigma.caption.model.path == "llava-hf/llava-v1.6-mistral-7b-hf"
+    assert (sigma.t5.max_length, sigma.vae.scale_factor, list(sigma.caption.jobs)) == (
+        300,
+        0.13025,
+        ["dense", "short"],
+    )
+
+
+FLAVOR_KEYS = ("max_length", "caption_cleaning", "scale_factor", "max_aspect_ratio", "path:", "subfolder")
+
+
+@pytest.mark.parametrize("name", ["demo", "pixart_alpha_1024", "pixart_sigma_1024", "pixart_sigma_2k"])
+def test_recipes_leave_flavor_values_to_the_flavor(name):
+    text = (CONFIGS / f"{name}.yaml").read_text()
+    recipe = "\n".join(line.split("#")[0] for line in text.splitlines())  # comments may name them
+    assert not [key for key in FLAVOR_KEYS if key in recipe]
+
+
+def test_a_recipe_with_only_a_flavor_is_complete():
+    config = parse_config({"flavor": "alpha"})
+    assert config.t5.model.path == "PixArt-alpha/PixArt-XL-2-1024-MS" and config.t5.max_length == 120
