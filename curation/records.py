@@ -30,6 +30,7 @@ ROW_SCHEMA = pa.schema(
         ("reason", pa.string()),
         ("detail", pa.string()),
         ("error_trace", pa.string()),  # FAILED by an exception: its traceback (to _run/errors-*.jsonl only)
+        ("thumbnail", pa.binary()),  # REJECTED, decodable: small JPEG for the report (curation.thumbnails)
         ("width", pa.int32()),  # stored image, upright
         ("height", pa.int32()),
         ("sha256", pa.string()),  # of the original input bytes

@@ -73,7 +73,12 @@ INDEX_SCHEMA = pa.schema(
         *((f"score_{name}", pa.float64()) for name in SCORE_NAMES),
     ]
 )
-REJECTS_SCHEMA = pa.schema([(name, pa.string()) for name in ("key", "source", "stage", "reason", "detail", "status")])
+REJECTS_SCHEMA = pa.schema(
+    [
+        *((name, pa.string()) for name in ("key", "source", "stage", "reason", "detail", "status")),
+        ("thumbnail", pa.binary()),  # optional small JPEG of a decodable rejected input (never for nsfw), or null
+    ]
+)
 
 
 # ---------------------------------------------------------------- filesystem helpers

@@ -50,6 +50,7 @@ from curation.io.layout import (
     write_json,
 )
 from curation.records import FAILED, REJECTED, Row, is_ok, mark
+from curation.thumbnails import NO_THUMBNAIL_REASONS
 
 if TYPE_CHECKING:
     from ray.data._internal.execution.interfaces import TaskContext
@@ -148,7 +149,10 @@ def index_record(row: Row, shard: str) -> dict[str, Any]:
 
 
 def reject_record(row: Row) -> dict[str, Any]:
-    return {name: row.get(name) for name in REJECTS_SCHEMA.names}
+    record = {name: row.get(name) for name in REJECTS_SCHEMA.names}
+    if record["reason"] in NO_THUMBNAIL_REASONS or row.get("status") != REJECTED:
+        record["thumbnail"] = None  # never a picture of an nsfw reject, whichever stage made one
+    return record
 
 
 ERRORS_PREFIX = "errors-"  # _run/errors-{run_id}-{task:05d}.jsonl: the FAILED rows of one write task

@@ -1,0 +1,49 @@
+"""Small JPEG thumbnails of rejected inputs, for the report: the rejects files' optional ``thumbnail`` column.
+
+One function makes them (``reject_thumbnail``); the stages that reject decodable inputs (filter, scorers,
+dedup) call it just before ``mark`` drops the image bytes. Never for ``nsfw`` rejects: the report shows a
+placeholder for those. A thumbnail is best effort: an input that does not decode, or whose header claims more
+than ``MAX_SOURCE_PIXELS``, gets none (and costs no decode).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+
+from PIL import Image, ImageOps
+
+THUMBNAIL_SIDE = 128
+THUMBNAIL_QUALITY = 75
+MAX_SOURCE_PIXELS = 64_000_000  # larger inputs (bombs, giant scans) get no thumbnail
+NO_THUMBNAIL_REASONS = frozenset({"nsfw"})
+
+
+def make_thumbnail(data: bytes | None, side: int = THUMBNAIL_SIDE) -> bytes | None:
+    """JPEG bytes of ``data``'s first frame, upright, longest side at most ``side``; None when it cannot decode."""
+    if not data:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > MAX_SOURCE_PIXELS:
+                return None
+            image.draft("RGB", (side, side))  # JPEG: decode at a reduced DCT scale
+            small = ImageOps.exif_transpose(image.convert("RGBA" if _has_alpha(image) else "RGB"))
+    except Exception:  # any decoder error: the input is damaged or not an image, so no thumbnail
+        return None
+    small.thumbnail((side, side), Image.Resampling.BILINEAR)
+    if small.mode == "RGBA":  # transparency on white, as the filter flattens it
+        small = Image.alpha_composite(Image.new("RGBA", small.size, "white"), small)
+    buffer = io.BytesIO()
+    small.convert("RGB").save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY)
+    return buffer.getvalue()
+
+
+def reject_thumbnail(data: bytes | None, reasons: str | Iterable[str]) -> bytes | None:
+    """``make_thumbnail`` of a rejected input, or None when any of its rejection ``reasons`` is ``nsfw``."""
+    names = {reasons} if isinstance(reasons, str) else set(reasons)
+    return None if names & NO_THUMBNAIL_REASONS else make_thumbnail(data)
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
