@@ -1,86 +1,140 @@
-"""write_report: a self-contained page with counts, reject examples, buckets, caption stats, thumbnails."""
+"""write_report: a static page with every section, thumbnails of rejects and duplicates, charts, and "no data"."""
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
-import json
 import re
+import statistics
+import struct
+import zlib
 from pathlib import Path
 
-import numpy as np
+import pyarrow.parquet as pq
+import pytest
 from PIL import Image
-from ray.data._internal.execution.interfaces import TaskContext
 
-from curation.io.layout import npy_bytes
-from curation.io.writer import ShardSink, finalize
-from curation.records import FAILED, REJECTED, Row, mark, new_row, rows_to_table
-from curation.report import MAX_THUMBNAILS, THUMBNAIL_SIDE, write_report
-
-
-def ok_row(key: str, words: int, bucket: str = "1.0", truncated: bool = False) -> Row:
-    buffer = io.BytesIO()
-    Image.new("RGB", (600, 400), (90, 160, 60)).save(buffer, format="JPEG")
-    image = buffer.getvalue()
-    caption = " ".join(["word"] * words)
-    row = new_row(key, f"file:///in/{key}.jpg", image)
-    row.update(
-        image_ext="jpg", width=600, height=400, sha256=hashlib.sha256(image).hexdigest(), phash="0" * 16,
-        filter_notes="{}", bucket=bucket, bucket_h=64, bucket_w=64, captions=json.dumps({"dense": caption}),
-        caption_status=json.dumps({"dense": "ok"}),
-        t5=npy_bytes(np.zeros((words + 1, 4), np.float16)), t5_tokens=words + 1,
-        t5_truncated=truncated, vae=npy_bytes(np.zeros((8, 8, 8), np.float16)),
-    )  # fmt: skip
-    return row
+from curation.io.layout import read_rejects
+from curation.report import MAX_THUMBNAILS, SECTION_IDS, THUMBNAIL_SIDE, write_report
+from curation.thumbnails import THUMBNAIL_SIDE as REJECT_SIDE
+from curation.thumbnails import make_thumbnail, reject_thumbnail
+from tests.report_helpers import DUPLICATE_IMAGE, NSFW_IMAGE, SMALL_IMAGE, build_dataset, full_dataset, ok_row, reject
 
 
-def build_dataset(path: Path, rows: list[Row]) -> Path:
-    ShardSink(str(path), 10, "run1").write([rows_to_table(rows)], TaskContext(task_idx=0, op_name="Write"))
-    finalize(str(path), {"fingerprint": "fp123", "started_at": "2026-01-01T00:00:00+00:00"})
-    return path
+def uri(data: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
 
 
-def reject(key: str, status: str, reason: str, detail: str) -> Row:
-    return mark(new_row(key, f"s3://bucket/in.tar#{key}.jpg", b"x"), status, "filter", reason, detail)
+def section_html(page: str, anchor: str) -> str:
+    match = re.search(rf'<section id="{anchor}">(.*?)</section>', page, re.S)
+    assert match, f"section {anchor} missing"
+    return match.group(1)
 
 
-def test_report_sections(tmp_path: Path) -> None:
-    rows = [ok_row(f"img_{i}", words=3 + i, bucket="0.5" if i < 2 else "1.0", truncated=i == 0) for i in range(4)]
-    rows += [
-        reject("tiny_a", REJECTED, "too_small", "<script>alert(1)</script>"),
-        reject("tiny_b", REJECTED, "too_small", ""),
-    ]
-    rows += [reject("crash", FAILED, "error", "RuntimeError: boom")]
-    path = write_report(str(build_dataset(tmp_path / "ds", rows)))
+@pytest.fixture(scope="module")
+def full(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    path = full_dataset(tmp_path_factory.mktemp("report") / "ds")
+    return path, write_report(str(path)).read_text()
 
-    assert path == tmp_path / "ds" / "report" / "index.html"
-    page = path.read_text()
-    assert page.startswith("<!DOCTYPE html>") and "fp123" in page
-    assert re.search(r"<td>written</td><td class=\"num\">4</td>", page)
-    assert re.search(r"<td>input</td><td class=\"num\">7</td>", page)
-    assert "too_small" in page and "tiny_a" in page and "s3://bucket/in.tar#tiny_a.jpg" in page
+
+def test_every_section_is_present_and_the_page_is_self_contained(full):
+    path, page = full
+    assert (path / "report" / "index.html").is_file()
+    assert page.startswith("<!DOCTYPE html>")
+    for anchor in SECTION_IDS:
+        assert "no data" not in section_html(page, anchor), anchor
+    assert not re.search(r'(src|href)="(?!data:|#)', page)  # nothing loaded from elsewhere
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert "RuntimeError: boom" in page
-    assert re.search(r"<td>0.5</td><td class=\"num\">2</td>", page)
-    assert re.search(r"<td>caption words</td><td class=\"num\">3</td><td class=\"num\">4.5</td>", page)
-    assert "truncated to the T5 length: <b>1</b> of 4" in page
-    assert page.count("data:image/jpeg;base64,") == 4
-    assert "word word word word word word" in page  # img_3's caption under its thumbnail
+    assert "a red &lt;b&gt;barn&lt;/b&gt;" in page
 
 
-def test_thumbnails_are_small_and_capped(tmp_path: Path) -> None:
+def test_summary_has_counts_duration_models_fingerprint_and_ray(full):
+    summary = section_html(full[1], "summary")
+    for row in (("input", 10), ("written", 4), ("rejected", 5), ("failed", 1)):
+        assert re.search(rf'<td>{row[0]}</td><td class="num">{row[1]}</td>', summary), row
+    assert "<td>duration</td><td>2 min 5 s</td>" in summary and "fp123" in summary
+    assert "ray://head:10001" in summary and "org/vae" in summary and "abc123" in summary
+
+
+def test_funnel_shows_each_reason_with_thumbnails_and_a_placeholder_for_nsfw(full):
+    path, page = full
+    funnel = section_html(page, "funnel")
+    for stage, reason in [("filter", "too_small"), ("scorers", "nsfw"), ("dedup", "duplicate"), ("vae", "error")]:
+        assert re.search(rf"<td>{stage}</td><td>{reason}</td><td class=\"num\">1</td>", funnel), reason
+    assert uri(make_thumbnail(SMALL_IMAGE)) in funnel
+    assert "nsfw: not shown" in funnel and uri(make_thumbnail(NSFW_IMAGE)) not in page
+    thumbnails = dict(zip(*read_rejects(str(path), ["key", "thumbnail"]).to_pydict().values(), strict=True))
+    assert thumbnails["unsafe"] is None and thumbnails["broken"] is None  # nsfw: never stored; undecodable: none
+    with Image.open(io.BytesIO(thumbnails["tiny_a"])) as small:
+        assert small.format == "JPEG" and max(small.size) <= REJECT_SIDE
+    assert "after dedup" in funnel and ">4<" in funnel  # survivors chart ends with the 4 written
+
+
+def test_duplicate_group_shows_the_kept_sample_and_the_dropped_copies(full):
+    duplicates = section_html(full[1], "duplicates")
+    assert "2 duplicate(s) removed in 1 group(s)" in duplicates and "kept: img_0" in duplicates
+    assert duplicates.count('class="kept"') == 1 and duplicates.count('class="dropped"') == 2
+    assert duplicates.count(uri(make_thumbnail(DUPLICATE_IMAGE))) == 2
+    assert "near_duplicate: copy_2 (hamming 3)" in duplicates
+
+
+def test_buckets_captions_flags_scores_stages_and_gallery(full):
+    page = full[1]
+    assert ">0.5 (h/w)<" in section_html(page, "buckets")
+    captions = section_html(page, "captions")
+    dense_words, short_words = [3, 4, 5, 8], [2, 5, 3, 4]
+    for name, words in (("dense", dense_words), ("short", short_words)):
+        tokens = [w + 1 for w in words]
+        row = f'<td>T5 tokens</td><td class="num">4</td><td class="num">{min(tokens)}</td>'
+        row += f'<td class="num">{statistics.median(tokens):.4g}</td>'
+        assert row in captions, name
+    assert "T5 max 300" in captions and "Truncated to the T5 length: <b>1</b> of 4" in captions
+    assert '<td>repetition</td><td class="num">1</td><td>25.0%</td>' in section_html(page, "flags")
+    scores = section_html(page, "scores")
+    assert "<h3>aesthetic</h3>" in scores and "min 5" in scores and "From the index" in scores
+    stages = section_html(page, "stages")
+    assert '<td>caption</td><td class="num">4</td>' in stages and '<td class="num">12.25</td>' in stages
+    gallery = section_html(page, "gallery")
+    assert gallery.count("<figure>") == 4 and "aesthetic 9" in gallery and "brief brief brief" in gallery
+
+
+def test_gallery_thumbnails_are_small_and_capped(tmp_path: Path):
     rows = [ok_row(f"img_{i:02d}", words=2) for i in range(MAX_THUMBNAILS + 6)]
     page = write_report(str(build_dataset(tmp_path / "ds", rows))).read_text()
-
-    uris = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', page)
+    uris = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', section_html(page, "gallery"))
     assert len(uris) == MAX_THUMBNAILS
     with Image.open(io.BytesIO(base64.b64decode(uris[0]))) as thumbnail:
         assert thumbnail.format == "JPEG" and max(thumbnail.size) == THUMBNAIL_SIDE
 
 
-def test_report_of_an_unfinished_build(tmp_path: Path) -> None:
-    path = build_dataset(tmp_path / "ds", [ok_row("img_0", words=2)])
+def test_a_dataset_from_before_these_features_says_no_data(tmp_path: Path):
+    """An old layout: no manifest, rejects without a thumbnail column, no scores, no flags, no stages."""
+    path = build_dataset(tmp_path / "ds", [ok_row("img_0", 2), reject("gone", "filter", "too_small", "", SMALL_IMAGE)])
     (path / "manifest.json").unlink()
+    rejects = next((path / "rejects").glob("*.parquet"))
+    pq.write_table(pq.read_table(rejects).drop_columns(["thumbnail"]), rejects)
     page = write_report(str(path)).read_text()
-    assert "manifest.json is missing" in page and page.count("data:image/jpeg;base64,") == 1
+    assert "manifest.json is missing" in section_html(page, "summary")
+    for anchor in ("duplicates", "scores", "stages", "flags"):
+        assert "no data" in section_html(page, anchor), anchor
+    assert "no picture" in section_html(page, "funnel") and section_html(page, "gallery").count("<figure>") == 1
+
+
+def png_header(width: int, height: int) -> bytes:
+    """The signature and IHDR chunk of a PNG claiming ``width`` x ``height`` (no pixel data)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+def test_reject_thumbnails_are_upright_small_and_never_of_nsfw():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° to view: 200x100 stored, 100x200 upright
+    buffer = io.BytesIO()
+    Image.new("RGB", (200, 100), (30, 60, 90)).save(buffer, format="JPEG", exif=exif)
+    with Image.open(io.BytesIO(make_thumbnail(buffer.getvalue()))) as small:
+        assert small.size == (REJECT_SIDE // 2, REJECT_SIDE)
+    assert make_thumbnail(b"not an image") is None and make_thumbnail(None) is None
+    assert make_thumbnail(png_header(9000, 9000)) is None  # a bomb-sized header is never decoded
+    assert reject_thumbnail(SMALL_IMAGE, ["aesthetic", "nsfw"]) is None
+    assert reject_thumbnail(SMALL_IMAGE, "too_small") == make_thumbnail(SMALL_IMAGE)
