@@ -1,20 +1,21 @@
-"""curate: build PixArt training datasets on Ray, export them for PixArt, sample, verify, report."""
+"""curate: build PixArt training datasets on Ray, export them for PixArt, sample, verify, report, inspect."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 
 from curation.config import ConfigError
-from curation.stats import format_stage_table
 
 
 def _build(args: argparse.Namespace) -> int:
     from curation.config import load_config, with_updates
-    from pipelines import t2i
+    from curation.model_check import check_models
+    from curation.terminal import quiet_ray
 
     config = load_config(args.config, args.set)
     updates = {}
@@ -24,12 +25,59 @@ def _build(args: argparse.Namespace) -> int:
         updates["output"] = args.output
     if updates:
         config = with_updates(config, **updates)
-    manifest = t2i.run(config, overwrite=args.overwrite)
-    print(format_stage_table(manifest.get("stages", {})))
-    if manifest.get("unaccounted"):
-        print(f"warning: {manifest['unaccounted']} input(s) not accounted for (read vs written + rejected + failed)")
-    print(json.dumps({"output": config.output, "counts": manifest["counts"]}, indent=2))
+    check_local_inputs(config.input)
+    if config.tiny_models_dir:
+        from curation.models.tiny import ensure_tiny_models
+
+        ensure_tiny_models(config.tiny_models_dir)
+    check_models(config, embedded=not (config.ray.address or os.environ.get("RAY_ADDRESS")))
+    quiet_ray(args.verbose)
+    from pipelines import t2i
+
+    try:
+        manifest = t2i.run(config, overwrite=args.overwrite)
+    except t2i.TooManyFailuresError:
+        _print_build_outcome(args, config.output, _read_manifest(config.output), report=None)
+        raise
+    report = None if args.no_report else _write_report_quietly(config.output)
+    _print_build_outcome(args, config.output, manifest, report)
     return 0
+
+
+def check_local_inputs(inputs: list[str]) -> None:
+    """A local input that does not exist is refused before Ray starts (remote ones are listed by the run)."""
+    for uri in inputs:
+        if "://" not in uri and not any(char in uri for char in "*?[") and not os.path.exists(uri):
+            raise FileNotFoundError(f"input {uri!r} does not exist")
+
+
+def _read_manifest(output: str) -> dict:
+    from curation.io.layout import MANIFEST, filesystem, read_json
+
+    fs, root = filesystem(output)
+    return read_json(fs, f"{root}/{MANIFEST}") or {}
+
+
+def _write_report_quietly(output: str) -> str | None:
+    """The report of a finished build; a report that fails never fails the build (``curate report`` retries)."""
+    from curation.report import write_report
+
+    try:
+        return str(write_report(output))
+    except Exception as error:  # the dataset is complete: say why there is no report, and carry on
+        reason = f"{type(error).__name__}: {error}"
+        print(f"curate build: no report ({reason}); retry with: curate report {output}", file=sys.stderr)
+        return None
+
+
+def _print_build_outcome(args: argparse.Namespace, output: str, manifest: dict, report: str | None) -> None:
+    if args.json:
+        summary = {key: manifest.get(key) for key in ("counts", "funnel", "reject_reasons", "failure_reasons")}
+        print(json.dumps({"output": output, **summary, "report": report}, indent=2))
+        return
+    from curation.terminal import build_summary
+
+    print(build_summary(manifest, output, report))
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -61,9 +109,23 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from curation.inspect import check_dataset
     from curation.report import write_report
 
+    check_dataset(args.dataset)
     print(write_report(args.dataset))
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from curation import inspect
+
+    if args.key:
+        details = inspect.sample_details(args.dataset, args.key)
+        print(json.dumps(details, indent=2, ensure_ascii=False) if args.json else inspect.format_sample(details))
+    else:
+        summary = inspect.dataset_summary(args.dataset)
+        print(json.dumps(summary, indent=2, ensure_ascii=False) if args.json else inspect.format_summary(summary))
     return 0
 
 
@@ -81,9 +143,15 @@ def _add_build(commands) -> None:
     build.add_argument("--input", action="append", default=[], help="input URI (repeatable); replaces the recipe's")
     build.add_argument("--output", help="output dataset directory or fsspec URL")
     build.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. caption.max_new_tokens=200"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override, e.g. caption.jobs.dense.max_new_tokens=200",
     )
     build.add_argument("--overwrite", action="store_true", help="replace an output built with a different config")
+    build.add_argument("--json", action="store_true", help="end with a JSON summary instead of the readable one")
+    build.add_argument("--no-report", action="store_true", help="do not write DIR/report/index.html at the end")
     build.set_defaults(handler=_build)
 
 
@@ -112,18 +180,42 @@ def _add_tools(commands) -> None:
     report = commands.add_parser("report", help="write DATASET/report/index.html")
     report.add_argument("dataset")
     report.set_defaults(handler=_report)
+    inspect = commands.add_parser("inspect", help="a dataset's summary, or one sample's metadata, captions, features")
+    inspect.add_argument("dataset")
+    inspect.add_argument("key", nargs="?", help="a sample key (see the index); without it: the dataset summary")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    inspect.set_defaults(handler=_inspect)
     tiny = commands.add_parser("tiny-models", help="write tiny random-weight models of the real architectures")
     tiny.add_argument("dir")
     tiny.set_defaults(handler=_tiny_models)
 
 
+def _add_output_flags(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="show Ray's INFO logs and the workers' output"
+    )
+    parser.add_argument("--debug", action="store_true", default=default, help="tracebacks instead of one-line errors")
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every (nested) subcommand parser of ``parser``."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += [child, *_subparsers(child)]
+    return found
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="curate", description=__doc__)
-    root.add_argument("-v", "--verbose", action="store_true")
+    _add_output_flags(root, False)
     commands = root.add_subparsers(dest="command", required=True)
     _add_build(commands)
     _add_pixart(commands)
     _add_tools(commands)
+    for child in _subparsers(root):  # `curate build ... --debug` as well as `curate --debug build ...`
+        _add_output_flags(child, argparse.SUPPRESS)
     return root
 
 
@@ -133,17 +225,43 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, OutputConflictError, FileNotFoundError, FileExistsError, ValueError)
 
 
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost exception of a chain (Ray's task errors keep theirs in ``cause``)."""
+    seen = {id(error)}
+    while True:
+        inner = getattr(error, "cause", None) or error.__cause__
+        if not isinstance(inner, BaseException) or id(inner) in seen:
+            return error
+        seen.add(id(inner))
+        error = inner
+
+
+def one_line(error: BaseException) -> str:
+    """``Type: message`` of an unexpected error, its last line only (Ray appends the remote traceback before it)."""
+    cause = root_cause(error)
+    lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
+    message = lines[-1] if lines else ""
+    name = type(cause).__name__
+    return message if message.startswith(f"{name}:") else f"{name}: {message}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
     except _user_errors() as error:
-        print(f"curate {args.command}: {error}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"curate {args.command}: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if args.debug:
+            raise
+        print(f"curate {args.command}: {one_line(error)} (--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
