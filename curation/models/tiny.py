@@ -36,7 +36,7 @@ T5_DIM = 32
 _SEED = 0
 MODEL_FOLDERS = ("llava", "llava_next", "llava_onevision", "pixart_sigma", "pixart_alpha")
 # Written into the completion marker: bump it whenever the models change, so stale caches are rebuilt.
-TINY_MODELS_VERSION = "2: LM head_dim 32, llava-hf hub key layout"
+TINY_MODELS_VERSION = "3: LM head_dim 32, llava-hf hub key layout, scorers (CLIP, aesthetic MLP, ViT classifiers)"
 
 _WORDS = (  # noqa: SIM905 (one readable pool of words)
     "a an the this that of in on at with and or by from to under over near behind beside above below "
@@ -365,6 +365,10 @@ def write_tiny_models(directory: str | Path) -> dict[str, Path]:
     paths = {name: write(root / name) for name, write in writers.items()}
     for flavor in ("sigma", "alpha"):
         paths[f"pixart_{flavor}"] = write_pixart_pipeline(root / f"pixart_{flavor}", flavor)
+    from curation.models.tiny_scorers import write_tiny_scorers
+
+    # DIR/scorers/{clip, aesthetic/sac+logos+ava1-l14-linearMSE.pth, nsfw, watermark}
+    paths.update({f"scorer_{name}": path for name, path in write_tiny_scorers(root / "scorers").items()})
     return paths
 
 
