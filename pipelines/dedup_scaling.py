@@ -1,0 +1,179 @@
+"""Time and memory of the dedup global step per million inputs, measured on synthetic hash tables.
+
+Method: the global step (``pipelines.dedup.global_step``: duplicate keys, exact duplicates, banded near
+duplicates, components) runs on Ray over synthetic ``HASH_SCHEMA`` tables of n/2 and n inputs (uniform
+random pHashes and digests, 2% exact copies, 2% near copies within the radius, 0.1% repeated keys). Per
+million inputs:
+
+- ``seconds``: (t(n) - t(n/2)) / (n/2) x 10^6, the slope between the two sizes, which removes the fixed
+  cost of starting Ray tasks; valid while the step is linear, i.e. while candidate pairs are few;
+- ``candidate_pairs`` and ``candidate_cpu_seconds``: the quadratic term. A random pair shares one of the
+  C(b, t) band values with probability C(b, t) / 2^(64 t / b); the pairs per million inputs times the
+  measured vectorised Hamming-check rate (pairs per CPU second) gives the CPU time they add;
+- ``peak_mib``: growth of the proportional set size (PSS: shared object-store pages counted once) of this
+  process tree, sampled at 10 Hz while the step runs, extrapolated by the same two-size slope;
+- ``hash_table_mib`` / ``band_rows_mib``: Arrow bytes of the hash table and of the band rows the near
+  step shuffles, per million inputs (exact: linear in the inputs).
+
+The hash pass itself is measured apart: ``hash_pass_cpu_seconds`` is the mean CPU time of
+``image_hashes`` (draft decode + pHash) over the bundled photos, times a million.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import ray
+import ray.data
+
+from curation.config import DedupConfig
+from curation.stages.hashing import HASH_SCHEMA, image_hashes
+from pipelines import dedup_groups as groups
+from pipelines.dedup import CONTENT_SCHEMA, PARTITION_ROWS, global_step
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
+MILLION = 1_000_000
+
+
+def synthetic_hashes(n: int, radius: int = 6, seed: int = 0) -> pa.Table:
+    """``HASH_SCHEMA`` rows: random inputs, 2% byte-identical copies, 2% near copies, 0.1% reused keys."""
+    rng = np.random.default_rng(seed)
+    phash = rng.integers(0, 2**64, n, dtype=np.uint64)
+    digests = rng.integers(0, 256, (n, 32), dtype=np.uint8)
+    pixels = rng.integers(256 * 256, 2048 * 2048, n)
+    near = rng.choice(n, size=(n // 50, 2), replace=False)
+    flips = rng.integers(0, 64, (len(near), radius))
+    noise = np.bitwise_or.reduce(np.left_shift(np.uint64(1), flips.astype(np.uint64)), axis=1)
+    phash[near[:, 1]] = phash[near[:, 0]] ^ noise
+    copies = rng.choice(n, size=(n // 50, 2), replace=False)  # after the near copies: same bytes, same pHash
+    for column in (digests, phash, pixels):
+        column[copies[:, 1]] = column[copies[:, 0]]
+    keys = np.array([f"shard-{i // 1000:05d}_{i % 1000:06d}" for i in range(n)], dtype=object)
+    reused = rng.choice(n, size=(max(1, n // 1000), 2), replace=False)
+    keys[reused[:, 1]] = keys[reused[:, 0]]
+    return pa.table(
+        {
+            "id": np.arange(n, dtype=np.int64),
+            "key": keys,
+            "source": [f"s3://bucket/raw/{key}.jpg" for key in keys],
+            "sha256": pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), n, [None, pa.py_buffer(digests.tobytes())]),
+            "phash": phash,
+            "pixels": pixels,
+        },
+        schema=HASH_SCHEMA,
+    )
+
+
+class PeakTreePSS:
+    """Largest PSS sum over this process and its descendants while inside the ``with`` block."""
+
+    def __init__(self, interval_s: float = 0.1) -> None:
+        self.interval_s, self.peak_bytes = interval_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def current() -> int:
+        me = psutil.Process()
+        total = 0
+        for process in [me, *me.children(recursive=True)]:
+            try:
+                total += process.memory_full_info().pss
+            except (psutil.Error, AttributeError):  # exited meanwhile, or PSS not available
+                continue
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, self.current())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> PeakTreePSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def timed_step(table: pa.Table, config: DedupConfig, partition_rows: int) -> tuple[float, float]:
+    """(seconds, peak PSS growth in MiB) of one global step over ``table``."""
+    dataset = ray.data.from_arrow(table).repartition(max(1, table.num_rows // 20_000)).materialize()
+    baseline = PeakTreePSS.current()
+    with PeakTreePSS() as peak:
+        start = time.perf_counter()
+        global_step(dataset, CONTENT_SCHEMA.empty_table(), config, partition_rows)
+        seconds = time.perf_counter() - start
+    return seconds, max(0, peak.peak_bytes - baseline) / 2**20
+
+
+def pair_check_rate(radius: int, masks: np.ndarray, pairs: int = 1 << 22) -> float:
+    """Candidate pairs per CPU second through the vectorised Hamming check (one band group of random hashes)."""
+    size = math.isqrt(2 * pairs) + 1
+    hashes = np.random.default_rng(1).integers(0, 2**64, size, dtype=np.uint64)
+    bands = pa.table(
+        {"band": np.zeros(size, np.int16), "value": np.zeros(size, np.uint64), "id": np.arange(size), "phash": hashes},
+        schema=groups.BAND_SCHEMA,
+    )
+    start = time.process_time()
+    groups.band_edges(bands, radius, masks)
+    return size * (size - 1) / 2 / max(time.process_time() - start, 1e-9)
+
+
+def hash_pass_cpu_seconds_per_input() -> float:
+    photos = [path.read_bytes() for path in sorted(EXAMPLES.rglob("*.jpg")) if not path.name.startswith("broken")]
+    image_hashes(photos[0])  # imports and caches outside the timing
+    start = time.process_time()
+    for data in photos:
+        image_hashes(data)
+    return (time.process_time() - start) / len(photos)
+
+
+def measure(n: int = 100_000, config: DedupConfig | None = None, partition_rows: int = PARTITION_ROWS) -> dict:
+    """The figures described in the module docstring; uses the connected Ray, else starts an embedded one."""
+    config = config or DedupConfig()
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    try:
+        half, full = (
+            synthetic_hashes(n // 2, config.near_duplicate_radius),
+            synthetic_hashes(n, config.near_duplicate_radius),
+        )
+        timed_step(half, config, partition_rows)  # warm-up: worker processes, imports
+        seconds_half, peak_half = timed_step(half, config, partition_rows)
+        seconds_full, peak_full = timed_step(full, config, partition_rows)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    masks = groups.band_masks(config.near_duplicate_radius, config.band_key_blocks)
+    band_bits = 64 * config.band_key_blocks / (config.near_duplicate_radius + config.band_key_blocks)
+    pairs = len(masks) * MILLION * (MILLION - 1) / 2 / 2**band_bits
+    rate = pair_check_rate(config.near_duplicate_radius, masks)
+    scale = MILLION / (n - n // 2)
+    band_bytes = groups.band_rows(np.zeros(1, np.int64), np.zeros(1, np.uint64), masks).nbytes
+    return {
+        "inputs": n,
+        "seconds": round(seconds_full, 3),
+        "peak_mib": round(peak_full, 1),
+        "per_million": {
+            "seconds": round((seconds_full - seconds_half) * scale, 1),
+            "peak_mib": round(max(0.0, peak_full - peak_half) * scale, 1),
+            "candidate_pairs": round(pairs),
+            "candidate_cpu_seconds": round(pairs / rate, 1),
+            "hash_table_mib": round(full.nbytes / n * MILLION / 2**20, 1),
+            "band_rows_mib": round(band_bytes * MILLION / 2**20, 1),
+            "hash_pass_cpu_seconds": round(hash_pass_cpu_seconds_per_input() * MILLION, 1),
+        },
+        "config": {"radius": config.near_duplicate_radius, "bands": len(masks), "partition_rows": partition_rows},
+        "method": "global step on Ray over synthetic hash tables of n/2 and n inputs; per million = the slope "
+        "between them (fixed Ray costs removed); candidate pairs from the band collision probability of random "
+        "pHashes x the measured Hamming-check rate; PSS of the process tree sampled at 10 Hz",
+    }
