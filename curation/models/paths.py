@@ -28,7 +28,6 @@ from curation.config import ModelRef
 from curation.models.loading import looks_local
 from curation.models.tiny import ensure_tiny_models
 
-COMPLETE_MARKER = ".complete"  # written last by ensure_tiny_models
 T = TypeVar("T")
 
 
@@ -114,8 +113,7 @@ def tiny_models_on_this_node(model_paths: Iterable[str], tiny_models_dir: str | 
     root = Path(tiny_models_dir).absolute()
     if not any(Path(path).absolute().is_relative_to(root) for path in model_paths):
         return False
-    if not (root / COMPLETE_MARKER).exists():
-        ensure_tiny_models_locked(root)
+    ensure_tiny_models_locked(root)  # its marker check is cheap; the lock keeps readers off a rewrite
     return True
 
 
