@@ -31,7 +31,7 @@ def _build(args: argparse.Namespace) -> int:
 
         ensure_tiny_models(config.tiny_models_dir)
     check_models(config, embedded=not (config.ray.address or os.environ.get("RAY_ADDRESS")))
-    quiet_ray(args.verbose)
+    quiet_ray(args.verbose or args.debug)
     from pipelines import t2i
 
     try:
@@ -225,15 +225,21 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, OutputConflictError, FileNotFoundError, FileExistsError, ValueError)
 
 
+MAX_ERROR_CHARS = 400
+
+
 def root_cause(error: BaseException) -> BaseException:
-    """The innermost exception of a chain (Ray's task errors keep theirs in ``cause``)."""
-    seen = {id(error)}
+    """The innermost exception of a chain that says something (Ray's task errors keep theirs in ``cause``; Ray
+    Data chains an empty ``SystemException`` marker under the error it re-raises)."""
+    chain, seen = [error], {id(error)}
     while True:
-        inner = getattr(error, "cause", None) or error.__cause__
+        inner = getattr(chain[-1], "cause", None) or chain[-1].__cause__
         if not isinstance(inner, BaseException) or id(inner) in seen:
-            return error
+            break
         seen.add(id(inner))
-        error = inner
+        chain.append(inner)
+    telling = [link for link in chain if str(link).strip()]
+    return telling[-1] if telling else error
 
 
 def one_line(error: BaseException) -> str:
@@ -242,7 +248,8 @@ def one_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
     message = lines[-1] if lines else ""
     name = type(cause).__name__
-    return message if message.startswith(f"{name}:") else f"{name}: {message}"
+    message = message if message.startswith(f"{name}:") else f"{name}: {message}"
+    return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 1] + "…"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,8 +4,9 @@
 - ``progress``: a tqdm bar on stderr for the long loops of export, embed-prompts, sample and verify; it draws
   only on a terminal (tests and logs get nothing).
 - ``quiet_ray``: Ray Data logs per-block INFO lines (and, off a terminal, its progress as log lines) through
-  the ``ray.data`` logger's console handler; raised to WARNING by default. Its full log still goes to the
-  session's ``logs/ray-data`` files. Ray Data's progress bars on a terminal are not logging and stay.
+  the ``ray.data`` logger's console handler; raised to WARNING by default, and its ERROR tracebacks of a failed
+  run are left to ``curate``'s one-line error. Its full log still goes to the session's ``logs/ray-data``
+  files. Ray Data's progress bars on a terminal are not logging and stay.
 """
 
 from __future__ import annotations
@@ -29,14 +30,27 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", un
     yield from tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=None, leave=False)
 
 
+class _NoErrors(logging.Filter):
+    """Ray Data logs a failed run's tracebacks at ERROR before raising; ``curate`` reports the error itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+_NO_ERRORS = _NoErrors()
+
+
 def quiet_ray(verbose: bool) -> None:
-    """Keep Ray's INFO chatter off the console unless ``verbose`` (warnings and errors still show)."""
+    """Keep Ray's INFO chatter and Ray Data's error tracebacks off the console unless ``verbose`` (warnings show)."""
     level = logging.INFO if verbose else logging.WARNING
     import ray.data  # noqa: F401  (importing it configures the "ray.data" logger and its console handler)
 
     for handler in logging.getLogger("ray.data").handlers:
         if handler.get_name() == "console":
             handler.setLevel(level)
+            handler.removeFilter(_NO_ERRORS)
+            if not verbose:
+                handler.addFilter(_NO_ERRORS)
     # ray.init resets the "ray" logger's own level (its logging_level argument), not its handlers' levels.
     for handler in logging.getLogger("ray").handlers:
         handler.setLevel(level)

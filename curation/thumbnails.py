@@ -1,7 +1,7 @@
 """Small JPEG thumbnails of rejected inputs, for the report: the rejects files' optional ``thumbnail`` column.
 
-One function makes them (``reject_thumbnail``); the stages that reject decodable inputs (filter, scorers,
-dedup) call it just before ``mark`` drops the image bytes. Never for ``nsfw`` rejects: the report shows a
+One function makes them (``reject_thumbnail``); the stages that reject inputs (filter, scorers, dedup) call it
+just before ``mark`` drops the image bytes. Never for ``nsfw`` rejects: the report shows a
 placeholder for those. A thumbnail is best effort: an input that does not decode, or whose header claims more
 than ``MAX_SOURCE_PIXELS``, gets none (and costs no decode).
 """
@@ -17,6 +17,10 @@ THUMBNAIL_SIDE = 128
 THUMBNAIL_QUALITY = 75
 MAX_SOURCE_PIXELS = 64_000_000  # larger inputs (bombs, giant scans) get no thumbnail
 NO_THUMBNAIL_REASONS = frozenset({"nsfw"})
+# Inputs that cannot decode, or must not be decoded (too large): no attempt is made.
+UNDECODABLE_REASONS = frozenset(
+    {"empty", "file_size", "not_an_image", "unsupported_format", "decompression_bomb", "corrupt", "truncated"}
+)
 
 
 def make_thumbnail(data: bytes | None, side: int = THUMBNAIL_SIDE) -> bytes | None:
@@ -40,9 +44,10 @@ def make_thumbnail(data: bytes | None, side: int = THUMBNAIL_SIDE) -> bytes | No
 
 
 def reject_thumbnail(data: bytes | None, reasons: str | Iterable[str]) -> bytes | None:
-    """``make_thumbnail`` of a rejected input, or None when any of its rejection ``reasons`` is ``nsfw``."""
+    """``make_thumbnail`` of a rejected input; None when any of its rejection ``reasons`` is ``nsfw`` (never shown)
+    or says the input does not decode (no attempt)."""
     names = {reasons} if isinstance(reasons, str) else set(reasons)
-    return None if names & NO_THUMBNAIL_REASONS else make_thumbnail(data)
+    return None if names & (NO_THUMBNAIL_REASONS | UNDECODABLE_REASONS) else make_thumbnail(data)
 
 
 def _has_alpha(image: Image.Image) -> bool:

@@ -195,6 +195,11 @@ def test_an_actor_failure_reads_as_its_cause():
     wrapped = RuntimeError("execution failed")
     wrapped.__cause__ = error
     assert one_line(wrapped) == one_line(error)
+    from ray.data.exceptions import SystemException
+
+    reraised = ValueError("Unrecognized model type for subconfig: nonexistent_arch.")
+    reraised.__cause__ = SystemException()  # how Ray Data re-raises an actor's error
+    assert one_line(reraised) == "ValueError: Unrecognized model type for subconfig: nonexistent_arch."
 
 
 def test_quiet_ray_keeps_info_off_the_console_unless_verbose():
@@ -202,8 +207,10 @@ def test_quiet_ray_keeps_info_off_the_console_unless_verbose():
     console = [h for h in logging.getLogger("ray.data").handlers if h.get_name() == "console"]
     assert console and all(h.level == logging.WARNING for h in console)
     assert all(h.level == logging.WARNING for h in logging.getLogger("ray").handlers)
+    record = logging.LogRecord("ray.data.exceptions", logging.ERROR, __file__, 1, "Full stack trace:", None, None)
+    assert not any(h.filter(record) for h in console)  # a failed run's tracebacks: curate says it in one line
     quiet_ray(verbose=True)
-    assert all(h.level == logging.INFO for h in console)
+    assert all(h.level == logging.INFO and h.filter(record) for h in console)
 
 
 def test_build_summary_of_the_demo(demo_dataset: Path, capsys):

@@ -138,3 +138,4 @@ def test_reject_thumbnails_are_upright_small_and_never_of_nsfw():
     assert make_thumbnail(png_header(9000, 9000)) is None  # a bomb-sized header is never decoded
     assert reject_thumbnail(SMALL_IMAGE, ["aesthetic", "nsfw"]) is None
     assert reject_thumbnail(SMALL_IMAGE, "too_small") == make_thumbnail(SMALL_IMAGE)
+    assert reject_thumbnail(SMALL_IMAGE, "file_size") is None  # too large to decode: not even tried
