@@ -101,7 +101,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from curation.verify import verify_dataset
 
-    problems = verify_dataset(args.dataset, fraction=args.fraction)
+    problems = verify_dataset(args.dataset, fraction=args.fraction, seed=args.seed, recompute=args.recompute)
     for problem in problems:
         print(problem)
     print(f"{len(problems)} problem(s) in {args.dataset}")
@@ -176,6 +176,15 @@ def _add_tools(commands) -> None:
     verify = commands.add_parser("verify", help="check a dataset's integrity (non-zero exit on failure)")
     verify.add_argument("dataset")
     verify.add_argument("--fraction", type=float, default=1.0, help="share of shards to open")
+    verify.add_argument(
+        "--recompute",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="re-encode the T5 features and VAE latents of a random fraction F of samples with the manifest's "
+        "models (CPU, float32) and compare within a tolerance: catches features of another sample",
+    )
+    verify.add_argument("--seed", type=int, default=0, help="seed of the shard and sample choices")
     verify.set_defaults(handler=_verify)
     report = commands.add_parser("report", help="write DATASET/report/index.html")
     report.add_argument("dataset")

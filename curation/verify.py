@@ -239,8 +239,10 @@ def check_shard(fs: AbstractFileSystem, root: str, shard: str, index_rows: dict[
     return problems
 
 
-def verify_dataset(path: str, fraction: float = 1.0, seed: int = 0) -> list[str]:
-    """Problems found in the dataset at ``path`` (empty means OK). Tars of a ``fraction`` of shards are read."""
+def verify_dataset(path: str, fraction: float = 1.0, seed: int = 0, recompute: float = 0.0) -> list[str]:
+    """Problems found in the dataset at ``path`` (empty means OK). Tars of a ``fraction`` of shards are read;
+    the features of a ``recompute`` fraction of samples are encoded again and compared
+    (``curation.recompute``)."""
     fs, root = filesystem(path)
     index_rows = read_index(path).to_pylist()
     shard_names = list_names(fs, f"{root}/{SHARDS_DIR}", ".tar")
@@ -253,12 +255,16 @@ def verify_dataset(path: str, fraction: float = 1.0, seed: int = 0) -> list[str]
     problems += [f"{name}: shard has no index rows" for name in unindexed]
     for shard in _pick_shards(sorted(by_shard.keys() & set(shard_names)), fraction, seed):
         problems += check_shard(fs, root, shard, by_shard[shard])
+    if recompute > 0:
+        from curation.recompute import recompute_problems  # loads T5 and the VAE: only when asked
+
+        problems += recompute_problems(path, recompute, seed)
     return problems
 
 
-def run(path: str, fraction: float = 1.0, seed: int = 0) -> int:
+def run(path: str, fraction: float = 1.0, seed: int = 0, recompute: float = 0.0) -> int:
     """Print the problems (or OK) and return a process exit code: 0 when the dataset is sound."""
-    problems = verify_dataset(path, fraction, seed)
+    problems = verify_dataset(path, fraction, seed, recompute)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -272,9 +278,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="curate verify", description=__doc__.splitlines()[0])
     parser.add_argument("dataset")
     parser.add_argument("--fraction", type=float, default=1.0, help="fraction of shards whose tars are read")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--recompute",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="re-encode the T5 features and VAE latents of a random fraction F of samples with the manifest's "
+        "models (CPU, float32) and compare: catches features that belong to another sample",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shard and sample choices")
     args = parser.parse_args(argv)
-    return run(args.dataset, args.fraction, args.seed)
+    return run(args.dataset, args.fraction, args.seed, args.recompute)
 
 
 if __name__ == "__main__":

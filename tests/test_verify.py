@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +18,14 @@ from ray.data._internal.execution.interfaces import TaskContext
 
 from curation.io.layout import npy_bytes
 from curation.io.writer import ShardSink, finalize
+from curation.recompute import (
+    FP32_TOLERANCE,
+    LOW_PRECISION_TOLERANCE,
+    pick_samples,
+    recompute_problems,
+    relative_error,
+    tolerance,
+)
 from curation.records import REJECTED, Row, mark, new_row, rows_to_table
 from curation.verify import main, verify_dataset
 
@@ -181,3 +191,100 @@ def test_truncated_tar(dataset: Path) -> None:
     path = dataset / "shards" / SHARD
     path.write_bytes(path.read_bytes()[:700])
     assert [p for p in verify_dataset(str(dataset)) if p.startswith(f"{SHARD}: unreadable tar")]
+
+
+# ---------------------------------------------------------------- --recompute
+
+
+def test_tolerance_follows_the_recorded_numerics() -> None:
+    assert tolerance({"device": "cpu", "dtype": "float32"}) == FP32_TOLERANCE == 2e-3
+    for record in ({"device": "cpu", "dtype": "bfloat16"}, {"device": "cuda", "dtype": "float32"}, {}, None):
+        assert tolerance(record) == LOW_PRECISION_TOLERANCE == 0.1
+
+
+def test_relative_error_and_sample_choice() -> None:
+    expected = np.array([[2.0, -4.0], [1.0, 0.5]], np.float32)
+    assert relative_error(expected.astype(np.float16), expected) == 0.0
+    assert relative_error(np.array([[2.0, -3.0], [1.0, 0.5]], np.float16), expected) == 0.25  # |1| / max |4|
+    assert relative_error(expected[:1], expected) == float("inf")
+    keys = [f"k{i}" for i in range(10)]
+    assert pick_samples(keys, 0.25, seed=3) == pick_samples(list(reversed(keys)), 0.25, seed=3)
+    assert len(pick_samples(keys, 0.25, seed=3)) == 3 and pick_samples(keys, 0.0, seed=3) == []
+    assert pick_samples(keys, 1.0, seed=1) == sorted(keys)
+
+
+def demo_samples(dataset: Path) -> dict[str, tuple[str, dict]]:
+    """{key: (shard, KEY.json)} of a built dataset."""
+    found = {}
+    for shard in sorted((dataset / "shards").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for info in tar.getmembers():
+                if info.name.endswith(".json"):
+                    found[info.name.removesuffix(".json")] = (shard.name, json.loads(tar.extractfile(info).read()))
+    return found
+
+
+def first_pair(metas: dict[str, dict], same: Callable[[dict], Any], differ: Callable[[dict], Any]) -> tuple[str, str]:
+    """The first two keys (sorted) that agree on ``same`` and disagree on ``differ``."""
+    keys = sorted(metas)
+    for index, first in enumerate(keys):
+        for second in keys[index + 1 :]:
+            a, b = metas[first], metas[second]
+            if same(a) == same(b) and differ(a) != differ(b):
+                return first, second
+    raise AssertionError("the demo dataset has no such pair")
+
+
+def swap_member(dataset: Path, shards: dict[str, str], first: str, second: str, member: str) -> None:
+    """Exchange ``KEY.member`` of two samples, rewriting the shard(s) that hold them."""
+    contents = {}
+    for key in (first, second):
+        with tarfile.open(dataset / "shards" / shards[key]) as tar:
+            contents[key] = tar.extractfile(f"{key}.{member}").read()
+    swapped = {f"{first}.{member}": contents[second], f"{second}.{member}": contents[first]}
+    for shard in {shards[first], shards[second]}:
+        rewrite_tar(dataset / "shards" / shard, lambda members: {n: swapped.get(n, d) for n, d in members.items()})
+
+
+def test_recompute_passes_on_the_demo_dataset(demo_dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    from curation.cli import main as curate
+
+    assert curate(["verify", str(demo_dataset), "--recompute", "1.0"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"0 problem(s) in {demo_dataset}")
+
+
+def test_recompute_names_the_samples_of_swapped_features(
+    demo_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from curation.cli import main as curate
+
+    copy = tmp_path / "swapped"
+    shutil.copytree(demo_dataset, copy)
+    found = demo_samples(copy)
+    shards, metas = {key: shard for key, (shard, _) in found.items()}, {key: meta for key, (_, meta) in found.items()}
+    t5_pair = first_pair(metas, lambda m: m["t5_tokens"], lambda m: m["captions"]["dense"])
+    vae_pair = first_pair(metas, lambda m: m["bucket_hw"], lambda m: m["sha256"])
+    swap_member(copy, shards, *t5_pair, "t5.npy")
+    swap_member(copy, shards, *vae_pair, "vae.npy")
+    assert verify_dataset(str(copy)) == []  # shapes and counts still agree: only a re-encode sees it
+
+    assert curate(["verify", str(copy), "--recompute", "1.0", "--seed", "7"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    flagged = {line.split(": ", 2)[1].split(":")[0] for line in lines if "differs from a re-encode" in line}
+    assert flagged == {f"{key}.t5.npy" for key in t5_pair} | {f"{key}.vae.npy" for key in vae_pair}
+    keys = sorted({*t5_pair, *vae_pair})
+    assert f"recompute: {len(keys)} of {len(metas)} samples differ from a re-encode: {', '.join(keys)}" in lines
+
+
+def test_recompute_refuses_models_whose_weights_changed(demo_dataset: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(demo_dataset, copy, ignore=shutil.ignore_patterns("shards"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    recorded = manifest["models"]["vae"]["weights_sha256_sampled"]
+    manifest["models"]["vae"]["weights_sha256_sampled"] = "0123456789abcdef"  # as if re-saved since the build
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    problems = recompute_problems(str(copy), 1.0)
+    assert problems == [
+        f"models.vae: the weights at {manifest['config']['vae']['model']['path']} changed since the build "
+        f"(0123456789abcdef -> {recorded}): cannot re-encode"
+    ]

@@ -1,0 +1,366 @@
+"""Faults: failures above run.max_failed_fraction, kill -9 of the driver and of a Ray worker, resumes that
+would mix numerics.
+
+Builds are small (7 inputs of the demo's photos, 256 buckets, one sample per shard so that a kill has many
+commit points to land between) on the session's tiny models. A clean in-process build is the reference:
+every interrupted-then-resumed dataset must hold exactly its samples, byte for byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from curation.cli import main
+from curation.config import ModelRef
+from curation.io.layout import REJECTS_SCHEMA
+from curation.io.writer import OutputConflictError, finalize, prepare_output, read_errors
+from curation.models.loading import provenance
+from curation.verify import verify_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "configs/demo.yaml"
+INPUT_FILES = (
+    "astronaut.jpg",
+    "astronaut.txt",  # a sidecar: alt text of astronaut.jpg, not an input
+    "brick.jpg",
+    "coffee_exif6.jpg",
+    "coins.png",
+    "rocket.jpg",
+    "grass.png",
+    "broken_zero.jpg",  # rejected: an empty file
+)
+INPUTS, WRITTEN = 7, 6
+PROCESS_TIMEOUT_S = 420
+
+
+# ---------------------------------------------------------------- resume check (no Ray)
+
+
+def _record(dtype: str = "float32", weights: str = "aaaa", revision: str | None = None) -> dict:
+    return {"path": "/m", "device": "cpu", "dtype": dtype, "revision": revision, "weights_sha256_sampled": weights}
+
+
+def test_resume_check_names_each_changed_numeric(tmp_path: Path) -> None:
+    models = {"vae": _record(), "t5": _record(weights="t5t5")}
+    prepare_output(str(tmp_path), "fp1", models=models)
+    finalize(str(tmp_path), {"fingerprint": "fp1", "models": models})
+    changed = {"vae": _record(dtype="bfloat16", weights="bbbb"), "t5": _record(weights="t5t5", revision="v2")}
+    with pytest.raises(OutputConflictError) as refused:
+        prepare_output(str(tmp_path), "fp1", models=changed)
+    message = str(refused.value)
+    assert "t5 revision: None -> v2" in message
+    assert "vae dtype: float32 -> bfloat16" in message and "vae weights_sha256_sampled: aaaa -> bbbb" in message
+    assert "fingerprint" not in message  # the config itself did not change
+    assert (tmp_path / "manifest.json").exists()  # refused: nothing touched
+
+    prepare_output(str(tmp_path), "fp1", models=models)  # the same numerics resume
+    prepare_output(str(tmp_path), "fp1", overwrite=True, models=changed)
+    assert json.loads((tmp_path / "_run" / "state.json").read_text())["models"] == changed
+
+
+def test_records_without_numerics_do_not_block_a_resume(tmp_path: Path) -> None:
+    finalize(str(tmp_path), {"fingerprint": "fp1", "models": {"vae": {"path": "/m"}}})  # an older manifest
+    prepare_output(str(tmp_path), "fp1", models={"vae": _record()})
+
+
+# ---------------------------------------------------------------- builds
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("fault-inputs")
+    for name in INPUT_FILES:
+        shutil.copy(ROOT / "examples/images" / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Path:
+    """A private copy of the tiny PixArt-Σ folder (T5 + VAE), whose weights one test re-saves."""
+    copy = tmp_path_factory.mktemp("fault-models") / "pixart_sigma"
+    shutil.copytree(tiny_models / "pixart_sigma", copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def build_args(inputs: Path, models: Path, tiny_models: Path) -> Callable[..., list[str]]:
+    def args(out: Path, *overrides: str) -> list[str]:
+        sets = [
+            f"tiny_models_dir={tiny_models}",
+            f"caption.model.path={tiny_models}/llava",
+            f"t5.model.path={models}",
+            f"vae.model.path={models}",
+            "writer.samples_per_shard=1",
+            *overrides,
+        ]
+        return ["build", str(DEMO), "--input", str(inputs), "--output", str(out), *[f"--set={s}" for s in sets]]
+
+    return args
+
+
+@pytest.fixture(scope="module")
+def clean(build_args, tmp_path_factory: pytest.TempPathFactory, ray_session) -> Path:
+    out = tmp_path_factory.mktemp("fault-clean") / "out"
+    assert main(build_args(out)) == 0
+    return out
+
+
+def samples(out: Path) -> dict[str, dict[str, bytes]]:
+    """{key: {member extension: bytes}} over every shard."""
+    found: dict[str, dict[str, bytes]] = {}
+    for shard in sorted((out / "shards").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                key, _, ext = member.name.partition(".")
+                assert ext not in found.get(key, {}), f"{member.name} written twice"
+                found.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return found
+
+
+def assert_same_dataset(out: Path, clean: Path) -> None:
+    got, want = samples(out), samples(clean)
+    assert sorted(got) == sorted(want)
+    differing = {key: [ext for ext in want[key] if got[key].get(ext) != want[key][ext]] for key in want}
+    assert {key: exts for key, exts in differing.items() if exts} == {}
+    assert {key: set(members) for key, members in got.items()} == {key: set(m) for key, m in want.items()}
+    manifest, reference = (json.loads((d / "manifest.json").read_text()) for d in (out, clean))
+    expected = {"input": INPUTS, "written": WRITTEN, "rejected": 1, "failed": 0}
+    assert manifest["counts"] == reference["counts"] == expected
+    assert verify_dataset(str(out)) == []
+
+
+def test_clean_build_records_the_resolved_numerics(clean: Path) -> None:
+    manifest = json.loads((clean / "manifest.json").read_text())
+    for name in ("caption", "t5", "vae"):
+        assert (manifest["models"][name]["device"], manifest["models"][name]["dtype"]) == ("cpu", "float32")
+        assert manifest["stages"][name]["device"] == "cpu"  # what the worker used
+        assert manifest["stages"][name]["dtype"] == "float32"
+    assert manifest["config"]["vae"]["model"]["dtype"] == "auto"  # the recipe as given
+    assert manifest["config"]["run"] == {"max_failed_fraction": 0.05}
+    assert len(samples(clean)) == WRITTEN
+
+
+# ---------------------------------------------------------------- max_failed_fraction
+
+
+def test_failures_above_the_fraction_write_everything_then_exit_non_zero(
+    build_args, clean: Path, models: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from diffusers import AutoencoderKL
+
+    # A loadable VAE whose encoder expects 4 input channels: every RGB batch raises inside the VAE stage.
+    config = dict(AutoencoderKL.load_config(models / "vae"))
+    config["in_channels"] = 4
+    broken = tmp_path / "vae4"
+    AutoencoderKL.from_config(config).save_pretrained(broken / "vae")
+    out = tmp_path / "out"
+    args = build_args(out, f"vae.model.path={broken}")
+    expected_failed = sorted(samples(clean))  # every image that passes the filter fails in the VAE
+
+    assert main(args) == 2
+    error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("curate build:")]
+    assert len(error_lines) == 1
+    expected_line = f"curate build: {WRITTEN} of {INPUTS} inputs failed (85.7% > run.max_failed_fraction 5.0%)"
+    assert error_lines[0].startswith(expected_line)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"] == {"input": INPUTS, "written": 0, "rejected": 1, "failed": WRITTEN}
+    errors = read_errors(str(out))
+    assert sorted(e["key"] for e in errors) == expected_failed
+    for entry in errors:
+        assert (entry["stage"], entry["reason"], entry["error_type"]) == ("vae", "error", "RuntimeError")
+        assert entry["traceback"].startswith("Traceback (most recent call last)")
+        assert "curation/stages/vae.py" in entry["traceback"] and entry["time"] and entry["source"]
+        assert entry["message"] == entry["traceback"].strip().splitlines()[-1]
+    tables = [pq.read_table(path) for path in sorted((out / "rejects").glob("*.parquet"))]
+    assert all(table.schema.names == REJECTS_SCHEMA.names for table in tables)  # no traceback in the rejects
+    failed = [row for table in tables for row in table.to_pylist() if row["status"] == "failed"]
+    assert len(failed) == WRITTEN and all("\n" not in row["detail"] for row in failed)
+
+    # run.* is not part of the fingerprint: the same output resumes, the failed inputs are retried.
+    assert main([*args, "--set=run.max_failed_fraction=0.9"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["counts"]["failed"] == WRITTEN
+    assert len(read_errors(str(out))) == 2 * WRITTEN
+
+
+# ---------------------------------------------------------------- kill -9
+
+
+def start_build(args: list[str], log: Path) -> subprocess.Popen:
+    """``curate build`` in its own process group (its embedded Ray's processes join that group)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with log.open("ab") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "curation.cli", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+Process = tuple[int, str]  # (pid, start time): a pid cannot be mistaken for a later process reusing it
+
+
+def _process_table() -> dict[int, tuple[int, str, str]]:
+    """{pid: (parent pid, start time, command line)} of the live processes."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()  # state, ppid, ... (field 3 onwards)
+            if fields[0] != "Z":
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                table[int(entry.name)] = (int(fields[1]), fields[19], command)
+        except (OSError, ValueError, IndexError):
+            continue
+    return table
+
+
+def descendants(root: int) -> dict[Process, str]:
+    """{process: command line} of the live processes below ``root`` (Ray gives workers process groups of their
+    own, so the tree, not the group, finds them)."""
+    table = _process_table()
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    found, todo = {}, list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        found[(pid, table[pid][1])] = table[pid][2]
+        todo += children.get(pid, [])
+    return found
+
+
+def _alive(processes) -> list[Process]:
+    table = _process_table()
+    return [(pid, start) for pid, start in processes if pid in table and table[pid][1] == start]
+
+
+def stop_build(process: subprocess.Popen, seen: dict[Process, str]) -> None:
+    """Kill what is left of a build: its process group, then any process ``seen`` below it that outlived
+    Ray's own fate sharing by 30 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while _alive(seen) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid, _ in _alive(seen):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def wait_until(condition: Callable[[], bool], process: subprocess.Popen, timeout: float = PROCESS_TIMEOUT_S) -> bool:
+    """True once ``condition`` holds; False when the process ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.05)
+    raise AssertionError(f"neither the condition nor the end of the build within {timeout} s")
+
+
+def tar_names(out: Path) -> set[str]:
+    return {p.name for p in (out / "shards").glob("*.tar")} if (out / "shards").exists() else set()
+
+
+def test_driver_killed_at_random_moments_then_resumed(build_args, clean: Path, tmp_path: Path) -> None:
+    rng = random.Random(9)
+    out, log = tmp_path / "out", tmp_path / "build.log"
+    # Moments: a random time after the output was prepared, then a random time after a new shard appeared.
+    moments = [lambda before: (out / "_run" / "state.json").exists(), lambda before: bool(tar_names(out) - before)]
+    killed = []
+    for moment, delay in zip(moments, (rng.uniform(0, 4), rng.uniform(0, 1)), strict=True):
+        before = tar_names(out)
+        process = start_build(build_args(out), log)
+        if wait_until(lambda: moment(before), process):  # noqa: B023 (used in this iteration only)
+            time.sleep(delay)
+        seen = descendants(process.pid)
+        process.send_signal(signal.SIGKILL)
+        killed.append(process.wait(timeout=60) == -signal.SIGKILL)
+        stop_build(process, seen)
+    assert killed[0], log.read_text()[-3000:]  # the first kill lands in the middle of the run
+    assert main(build_args(out)) == 0  # the resume
+    assert_same_dataset(out, clean)
+
+
+def test_worker_killed_mid_run_then_rerun(build_args, clean: Path, tmp_path: Path) -> None:
+    rng = random.Random(5)
+    out, log = tmp_path / "out", tmp_path / "build.log"
+    process = start_build(build_args(out), log)
+
+    def actors() -> list[Process]:  # Ray Data's actor-pool workers: "ray::_MapWorker..."
+        return sorted(proc for proc, command in descendants(process.pid).items() if "MapWorker" in command)
+
+    seen: dict[Process, str] = {}
+    try:
+        assert wait_until(lambda: len(actors()) >= 3, process), log.read_text()[-3000:]  # vae, caption, t5
+        time.sleep(rng.uniform(0.5, 2.0))
+        seen = descendants(process.pid)
+        victim = rng.choice(actors())
+        if _alive([victim]):
+            os.kill(victim[0], signal.SIGKILL)
+        returncode = process.wait(timeout=PROCESS_TIMEOUT_S)  # completes or fails: never hangs
+    finally:
+        stop_build(process, {**seen, **descendants(process.pid)})
+    if returncode == 0:
+        assert json.loads((out / "manifest.json").read_text())["counts"]["input"] == INPUTS
+    assert main(build_args(out)) == 0
+    assert_same_dataset(out, clean)
+
+
+# ---------------------------------------------------------------- resume refused when numerics change
+
+
+def test_resume_with_another_dtype_is_refused_naming_it(build_args, clean: Path, tmp_path: Path, capsys) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(clean, copy)
+    manifest_before = (copy / "manifest.json").read_bytes()
+    assert main(build_args(copy, "vae.model.dtype=bfloat16")) == 2
+    assert "vae dtype: float32 -> bfloat16" in capsys.readouterr().err
+    assert (copy / "manifest.json").read_bytes() == manifest_before
+
+
+def test_resume_after_the_local_weights_were_resaved_is_refused(
+    build_args, clean: Path, models: Path, tmp_path: Path, capsys
+) -> None:
+    import torch
+    from diffusers import AutoencoderKL
+
+    copy = tmp_path / "copy"
+    shutil.copytree(clean, copy)
+    recorded = json.loads((clean / "manifest.json").read_text())["models"]["vae"]["weights_sha256_sampled"]
+    backup = tmp_path / "vae-backup"
+    shutil.copytree(models / "vae", backup)
+    try:
+        vae = AutoencoderKL.from_pretrained(models / "vae")
+        with torch.no_grad():
+            vae.encoder.conv_in.bias.add_(0.01)  # a fine-tune, re-saved in place
+        vae.save_pretrained(models / "vae")
+        now = provenance(ModelRef(path=str(models), subfolder="vae"))["weights_sha256_sampled"]
+        assert now != recorded
+        assert main(build_args(copy)) == 2
+        assert f"vae weights_sha256_sampled: {recorded} -> {now}" in capsys.readouterr().err
+    finally:  # the other tests build with this model
+        shutil.rmtree(models / "vae")
+        shutil.copytree(backup, models / "vae")
+    assert provenance(ModelRef(path=str(models), subfolder="vae"))["weights_sha256_sampled"] == recorded
