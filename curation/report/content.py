@@ -54,7 +54,7 @@ def caption_names(data: ReportData) -> list[str]:
     names = list(((data.config.get("caption") or {}).get("jobs") or {}).keys())
     for sample in data.samples:
         names += [name for name in sample.meta.get("captions") or {} if name not in names]
-    if data.index["caption"] and PRIMARY_CAPTION not in names:
+    if data.index["key"] and PRIMARY_CAPTION not in names:
         names.insert(0, PRIMARY_CAPTION)
     return sorted(dict.fromkeys(names), key=lambda name: name != PRIMARY_CAPTION)
 
@@ -62,7 +62,7 @@ def caption_names(data: ReportData) -> list[str]:
 def caption_values(data: ReportData, name: str) -> tuple[list[int], list[int], int, str]:
     """Words and T5 tokens per sample of caption ``name``, how many were truncated, and where they come from."""
     if name == PRIMARY_CAPTION:
-        words = [len((c or "").split()) for c in data.index["caption"]]
+        words = [n for n in data.index["caption_words"] if n is not None]
         tokens = [n for n in data.index["t5_tokens"] if n is not None]
         truncated = sum(1 for flag in data.index["t5_truncated"] if flag)
         return words, tokens, truncated, f"all {len(words)} samples (index)"

@@ -24,13 +24,13 @@ from fsspec import AbstractFileSystem
 from curation.config import SCORE_NAMES
 from curation.io.layout import (
     IMAGE_EXTS,
+    INDEX_DIR,
     MANIFEST,
     REJECTS_DIR,
     SHARDS_DIR,
     filesystem,
     iter_tar_samples,
     list_names,
-    read_index,
     read_json,
     read_rejects,
 )
@@ -41,6 +41,7 @@ SAMPLE_SHARDS = 4  # shards whose first samples the report reads
 JSON_PER_SHARD = 256  # sample metadata read per such shard (caption and score statistics of non-indexed values)
 REJECT_COLUMNS = ["key", "source", "stage", "reason", "detail", "status"]
 INDEX_COLUMNS = ["key", "shard", "bucket", "caption", "t5_tokens", "t5_truncated", "caption_flags"]
+SCORE_COLUMNS = [f"score_{name}" for name in SCORE_NAMES]
 
 
 @dataclass
@@ -69,22 +70,30 @@ class ReportData:
 def load(path: str) -> ReportData:
     fs, root = filesystem(path)
     manifest = read_json(fs, f"{root}/{MANIFEST}")
-    index = _read_index(path)
+    index = _read_index(fs, root)
     rejects = final_rejects(read_rejects(path, REJECT_COLUMNS).to_pylist(), set(index["key"]))
     samples, gallery = read_samples(fs, root, sorted(set(index["shard"])))
     return ReportData(root, manifest, index, rejects, samples, gallery, fs)
 
 
-def _read_index(path: str) -> dict[str, list]:
-    """The index columns the report uses, plus the ``score_<name>`` columns the index has (absent: left out)."""
-    scores = [f"score_{name}" for name in SCORE_NAMES]
-    try:
-        index = read_index(path, INDEX_COLUMNS + scores).to_pydict()
-    except KeyError:  # no index file at all: the empty table has only the layout's own columns
-        index = read_index(path, INDEX_COLUMNS).to_pydict()
-    return {
-        name: values for name, values in index.items() if name in INDEX_COLUMNS or any(v is not None for v in values)
-    }
+def _read_index(fs: AbstractFileSystem, root: str) -> dict[str, list]:
+    """The index columns the report uses, file by file: the primary caption becomes its word count at once (a
+    large dataset's captions never sit in memory together). Columns a file lacks (older layouts) read as None;
+    ``score_<name>`` columns that no file has are left out."""
+    index: dict[str, list] = {name: [] for name in [*INDEX_COLUMNS, *SCORE_COLUMNS]}
+    for name in list_names(fs, f"{root}/{INDEX_DIR}", ".parquet"):
+        with fs.open(f"{root}/{INDEX_DIR}/{name}", "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            present = [column for column in index if column in parquet.schema_arrow.names]
+            table = parquet.read(columns=present)
+        if "caption" in present:
+            words = pc.count_substring_regex(pc.fill_null(table["caption"], ""), r"\S+")  # as len(text.split())
+            table = table.set_column(table.schema.get_field_index("caption"), "caption", words)
+        for column in index:
+            index[column] += table[column].to_pylist() if column in present else [None] * table.num_rows
+    index["caption_words"] = index.pop("caption")
+    empty = [name for name in SCORE_COLUMNS if all(v is None for v in index[name])]
+    return {name: values for name, values in index.items() if name not in empty}
 
 
 def final_rejects(rejects: list[dict[str, Any]], written: set[str]) -> list[dict[str, Any]]:
