@@ -38,10 +38,18 @@ class _NoErrors(logging.Filter):
 
 
 _NO_ERRORS = _NoErrors()
+_console = {"worker_logs": True}  # what quiet_ray decided; library use (no CLI) keeps Ray's defaults
+
+
+def worker_logs_wanted() -> bool:
+    """Whether the workers' stdout/stderr should reach the driver (``ray.init(log_to_driver=...)``)."""
+    return _console["worker_logs"]
 
 
 def quiet_ray(verbose: bool) -> None:
-    """Keep Ray's INFO chatter and Ray Data's error tracebacks off the console unless ``verbose`` (warnings show)."""
+    """Keep Ray's INFO chatter and Ray Data's error tracebacks off the console unless ``verbose`` (warnings show),
+    and the workers' output too (``worker_logs_wanted``, read where Ray is started)."""
+    _console["worker_logs"] = verbose
     level = logging.INFO if verbose else logging.WARNING
     import ray.data  # noqa: F401  (importing it configures the "ray.data" logger and its console handler)
 

@@ -15,7 +15,7 @@ import pytest
 
 from curation.cli import main, one_line
 from curation.io.layout import read_rejects
-from curation.terminal import build_summary, quiet_ray
+from curation.terminal import build_summary, quiet_ray, worker_logs_wanted
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs/demo.yaml")
@@ -209,8 +209,9 @@ def test_quiet_ray_keeps_info_off_the_console_unless_verbose():
     assert all(h.level == logging.WARNING for h in logging.getLogger("ray").handlers)
     record = logging.LogRecord("ray.data.exceptions", logging.ERROR, __file__, 1, "Full stack trace:", None, None)
     assert not any(h.filter(record) for h in console)  # a failed run's tracebacks: curate says it in one line
+    assert not worker_logs_wanted()
     quiet_ray(verbose=True)
-    assert all(h.level == logging.INFO and h.filter(record) for h in console)
+    assert all(h.level == logging.INFO and h.filter(record) for h in console) and worker_logs_wanted()
 
 
 def test_build_summary_of_the_demo(demo_dataset: Path, capsys):
