@@ -15,7 +15,7 @@ import pytest
 
 from curation.cli import main, one_line
 from curation.io.layout import read_rejects
-from curation.terminal import build_summary, quiet_ray, worker_logs_wanted
+from curation.terminal import build_summary, progress, quiet_ray, worker_logs_wanted
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs/demo.yaml")
@@ -232,3 +232,8 @@ def test_build_summary_of_the_demo(demo_dataset: Path, capsys):
     assert lines[-3] == "dedup     0 duplicate(s) removed"
     assert lines[-2] == f"output    {demo_dataset}  ({len(list((demo_dataset / 'shards').glob('*.tar')))} shards)"
     assert lines[-1] == f"report    {report}"
+
+
+def test_progress_yields_everything_and_draws_nothing_off_a_terminal(capsys):
+    assert list(progress(range(5), desc="export", unit="shard")) == [0, 1, 2, 3, 4]
+    assert capsys.readouterr().err == ""  # pytest's stderr is not a terminal
