@@ -31,7 +31,17 @@ class Resources(Strict):
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
-    num_workers: int = Field(1, ge=1, description="fixed actor-pool size (model stages) or task concurrency")
+    num_workers: int | Literal["auto"] = Field(
+        1, description="fixed actor-pool size (model stages) or task concurrency; auto: what the cluster fits"
+    )
+
+    @field_validator("num_workers")
+    @classmethod
+    def _positive_workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("num_workers must be >= 1 or 'auto'")
+        return value
+
     batch_size: int = Field(8, ge=1, description="model micro-batch (what one forward pass / generate call takes)")
     rows_per_block: int | None = Field(
         None,
@@ -435,6 +445,9 @@ class RayConfig(Strict):
     object_store_memory: int | None = None  # embedded Ray only
     max_block_bytes: int = Field(
         64 * 2**20, ge=2**20, description="Ray Data's target block size: bounds what a block of prepared pixels holds"
+    )
+    allow_autoscaling: bool = Field(
+        False, description="pools the cluster cannot place yet are a warning, not an error (the cluster will grow)"
     )
 
 

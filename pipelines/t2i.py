@@ -17,14 +17,16 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib import metadata
+from types import SimpleNamespace
 
 import pyarrow as pa
 import ray
 import ray.data
 
-from curation.config import ReaderConfig, RunConfig, fingerprint
+from curation.config import CaptionConfig, ReaderConfig, RunConfig, fingerprint
 from curation.io import readers, writer
 from curation.models.loading import check_model_paths, model_records, resolve_numerics
+from curation.models.paths import ModelsOnNode, model_refs, resolve_model_paths
 from curation.models.tiny import ensure_tiny_models
 from curation.records import REJECTED, mark, rows_to_table
 from curation.stages.caption import CaptionStage
@@ -35,7 +37,9 @@ from curation.stages.t5 import T5Stage
 from curation.stages.vae import VAEStage
 from curation.stats import summarize_idle
 from pipelines import dedup
+from pipelines.preflight import check_cluster, stage_pools, with_pool_sizes
 from pipelines.ray_stages import StatsRecorder, apply_stage
+from pipelines.vllm_caption import add_vllm_caption
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +111,21 @@ def build(
         num_cpus=1,
     )
     for factory in stage_factories(config):
-        dataset = apply_stage(dataset, factory, recorder)
+        if config.caption.backend == "vllm" and _stage_name(factory) == CaptionStage.name:
+            dataset = add_vllm_caption(dataset, config.caption, recorder=recorder)
+        else:
+            dataset = apply_stage(dataset, on_node(factory, config), recorder)
     return dataset
+
+
+def _stage_name(factory) -> str:
+    return factory().name  # cheap: constructors only store config
+
+
+def on_node(factory, config: RunConfig) -> ModelsOnNode:
+    """A factory that first makes the demo's tiny models available on the worker's node (no-op otherwise)."""
+    paths = tuple(ref.path for ref in model_refs(config))
+    return ModelsOnNode(factory, paths, config.tiny_models_dir)
 
 
 def prepare_spec(config: RunConfig) -> PrepareSpec:
@@ -145,6 +162,7 @@ def run(config: RunConfig, overwrite: bool = False) -> dict:
         raise ValueError("no input: give --input URI or set `input:` in the config")
     if not config.output:
         raise ValueError("no output: give --output DIR or set `output:` in the config")
+    config = resolve_model_paths(config)  # relative local paths: the driver's working dir, for every node
     if config.tiny_models_dir:
         ensure_tiny_models(config.tiny_models_dir)
     check_model_paths([config.caption.model, config.t5.model, config.vae.model, *config.scorers.model_refs().values()])
@@ -153,6 +171,7 @@ def run(config: RunConfig, overwrite: bool = False) -> dict:
     _init_ray(config)
     # device/dtype "auto" resolved once, here, for every worker; the manifest's config stays the recipe.
     recipe, config = config, resolve_numerics(config, ray.cluster_resources().get("GPU", 0))
+    config = fit_pools_to_cluster(config)
     models = model_records(config)
     writer.prepare_output(config.output, run_fingerprint, overwrite, models)
     plan = readers.plan_inputs(config.input, config.reader)
@@ -186,6 +205,26 @@ def run(config: RunConfig, overwrite: bool = False) -> dict:
     manifest = writer.finalize(config.output, fields, inputs_read=stats["inputs"].get("input", 0))
     check_failures(manifest, config.run.max_failed_fraction, config.output)
     return manifest
+
+
+def fit_pools_to_cluster(config: RunConfig) -> RunConfig:
+    """Pre-flight: refuse at once, in one line, pools the cluster cannot place (else Ray Data waits forever)."""
+    stages = [factory() for factory in stage_factories(config)]
+    if config.caption.backend == "vllm":
+        stages = [stage for stage in stages if stage.name != CaptionStage.name]
+        stages.append(vllm_pool_stage(config.caption))
+    pools, tasks = stage_pools(stages)
+    embedded = not (config.ray.address or os.environ.get("RAY_ADDRESS"))
+    sizes = check_cluster(pools, tasks, embedded=embedded, allow_autoscaling=config.ray.allow_autoscaling)
+    return with_pool_sizes(config, sizes)
+
+
+def vllm_pool_stage(caption: CaptionConfig) -> SimpleNamespace:
+    """The vLLM engines as the pre-flight sees them: a fixed pool of placement groups (one bundle each),
+    plus the CPU helper stages around them (counted with the CPU tasks)."""
+    res = caption.resources
+    bundle = {"CPU": 1.0, "GPU": res.num_gpus} if res.num_gpus > 0 else {"CPU": 1.0}
+    return SimpleNamespace(name="caption", uses_model=True, resources=res, placement_bundles=(bundle,))
 
 
 class TooManyFailuresError(ValueError):
