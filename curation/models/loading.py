@@ -136,8 +136,11 @@ def model_records(config: RunConfig) -> dict[str, dict[str, Any]]:
         "t5": provenance(t5.model, [t5.tokenizer_subfolder, t5.encoder_subfolder]),
         "vae": provenance(config.vae.model),
     }
+    from curation.models.wrappers import model_provenance  # wrappers imports this module
+
     for role, ref in config.scorers.model_refs().items():
-        records[f"scorers.{role}"] = provenance(ref)
+        filename = config.scorers.aesthetic.weights_file if role == "aesthetic" else None
+        records[f"scorers.{role}"] = model_provenance(ref, filename=filename)
     return records
 
 

@@ -96,3 +96,22 @@ def test_provenance_hashes_a_single_local_weights_file(tmp_path):
     assert first["weights_sha256_sampled"] and first["revision"] is None
     weights.write_bytes(b"b" * 64)
     assert provenance(ModelRef(path=str(weights)))["weights_sha256_sampled"] != first["weights_sha256_sampled"]
+
+
+def test_model_records_cover_the_enabled_scorers(tiny_models):
+    scorers = tiny_models / "scorers"
+    config = load_config(
+        ROOT / "configs/demo.yaml",
+        [f"scorers.clip.path={scorers}/clip", f"scorers.aesthetic.model.path={scorers}/aesthetic"],
+    )
+    records = model_records(resolve_numerics(config, cluster_gpus=0))
+    assert set(records) == {"caption", "t5", "vae", "scorers.clip", "scorers.aesthetic"}
+    aesthetic = records["scorers.aesthetic"]
+    assert aesthetic["file"] == config.scorers.aesthetic.weights_file
+    assert (
+        aesthetic["weights_sha256_sampled"]
+        == provenance(ModelRef(path=str(scorers / "aesthetic" / config.scorers.aesthetic.weights_file)))[
+            "weights_sha256_sampled"
+        ]
+    )
+    assert (records["scorers.clip"]["device"], records["scorers.clip"]["dtype"]) == ("cpu", "float32")
