@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -170,6 +171,7 @@ class CliCluster:
         for process in self.nodes:
             _signal_group(process.pid, signal.SIGKILL)
             process.wait()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _wait_for_line(process: subprocess.Popen, log: Path, line: str, timeout: float = 90) -> bool:
