@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -235,6 +236,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 MAX_ERROR_CHARS = 400
+_TYPED_MESSAGE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b[^:]*: ")
 
 
 def root_cause(error: BaseException) -> BaseException:
@@ -257,7 +259,7 @@ def one_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
     message = lines[-1] if lines else ""
     name = type(cause).__name__
-    message = message if message.startswith(f"{name}:") else f"{name}: {message}"
+    message = message if _TYPED_MESSAGE.match(message) else f"{name}: {message}"  # Ray ends with the cause's
     return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 1] + "…"
 
 

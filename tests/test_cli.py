@@ -197,6 +197,8 @@ def test_an_actor_failure_reads_as_its_cause():
     assert one_line(wrapped) == one_line(error)
     from ray.data.exceptions import SystemException
 
+    died = RayTaskError("MapWorker(StageActor).__init__", remote.replace("... (remote)", "bad config"), cause)
+    assert one_line(died.as_instanceof_cause()) == f"OSError: {cause}"
     reraised = ValueError("Unrecognized model type for subconfig: nonexistent_arch.")
     reraised.__cause__ = SystemException()  # how Ray Data re-raises an actor's error
     assert one_line(reraised) == "ValueError: Unrecognized model type for subconfig: nonexistent_arch."
