@@ -162,15 +162,15 @@ def run(config: RunConfig, overwrite: bool = False) -> dict:
         raise ValueError("no input: give --input URI or set `input:` in the config")
     if not config.output:
         raise ValueError("no output: give --output DIR or set `output:` in the config")
-    config = resolve_model_paths(config)  # relative local paths: the driver's working dir, for every node
+    run_fingerprint = fingerprint(config)  # of the recipe as given: resuming from another working dir still matches
+    recipe, config = config, resolve_model_paths(config)  # relative paths: the driver's working dir, every node
     if config.tiny_models_dir:
         ensure_tiny_models(config.tiny_models_dir)
     check_model_paths([config.caption.model, config.t5.model, config.vae.model, *config.scorers.model_refs().values()])
     started = _now()
-    run_fingerprint = fingerprint(config)
     _init_ray(config)
     # device/dtype "auto" resolved once, here, for every worker; the manifest's config stays the recipe.
-    recipe, config = config, resolve_numerics(config, ray.cluster_resources().get("GPU", 0))
+    config = resolve_numerics(config, ray.cluster_resources().get("GPU", 0))
     config = fit_pools_to_cluster(config)
     models = model_records(config)
     writer.prepare_output(config.output, run_fingerprint, overwrite, models)
