@@ -211,7 +211,8 @@ def _grouped(
     dataset: ray.data.Dataset, column: str, rows: int, partition_rows: int, udf, **kwargs
 ) -> ray.data.Dataset:
     buckets = partitions_for(rows, partition_rows)
-    with_bucket = dataset.map_batches(
+    # the sort shuffle makes as many partitions as its input has blocks: one per bucket, not one per read chunk
+    with_bucket = dataset.repartition(buckets).map_batches(
         _with_bucket, batch_format="pyarrow", fn_kwargs={"column": column, "buckets": buckets}, zero_copy_batch=True
     )
     return with_bucket.groupby("bucket", num_partitions=buckets).map_groups(
@@ -248,7 +249,8 @@ def _survivors(table: pa.Table) -> pa.Table:
 
 
 def _band_rows(table: pa.Table, masks: np.ndarray) -> pa.Table:
-    return groups.band_rows(table["id"].to_numpy(), table["phash"].to_numpy(), masks)
+    hashed = table.filter(pc.is_valid(table["phash"]))  # written samples of older datasets may lack a pHash
+    return groups.band_rows(hashed["id"].to_numpy(), hashed["phash"].to_numpy(), masks)
 
 
 def _rows_with_ids(table: pa.Table, ids_ref: list) -> pa.Table:
@@ -270,8 +272,9 @@ def global_step(
     hashes.context.shuffle_strategy = SHUFFLE  # a dataset's own context: nothing else in the driver changes
     rows = hashes.count()
     result = GlobalResult(figures={"rows": rows, "written_joined": written.num_rows})
-    result.rejections.update(key_rejections(hashes, rows, partition_rows))
-    if config.enabled and (config.exact or config.near):
+    if rows:  # nothing new (a resume with every input done): nothing to compare
+        result.rejections.update(key_rejections(hashes, rows, partition_rows))
+    if rows and config.enabled and (config.exact or config.near):
         rejected_ref = ray.put(sorted(result.rejections))
         content = hashes.map_batches(_content_rows, batch_format="pyarrow", fn_kwargs={"rejected_ref": [rejected_ref]})
         if written.num_rows:
@@ -280,7 +283,8 @@ def global_step(
             content = content.union(written_dataset)
         content = content.materialize()
         result.figures["hashed"] = content.count() - written.num_rows
-        _content_rejections(content, config, partition_rows, result)
+        if result.figures["hashed"]:
+            _content_rejections(content, config, partition_rows, result)
     result.counts.update(rejection.reason for rejection in result.rejections.values())
     result.figures["seconds"] = round(time.perf_counter() - start, 3)
     return result
@@ -364,7 +368,13 @@ def plan_rejections(
     recorder,
     partition_rows: int = PARTITION_ROWS,
 ) -> DedupPlan:
-    """Hash pass + global step; records the ``dedup`` stage figures with ``recorder``."""
+    """Hash pass + global step; records the ``dedup`` stage figures with ``recorder``.
+
+    With content dedup off, inputs are still read once more to find duplicate keys, unless their keys cannot
+    collide (folder files under one root).
+    """
+    if not config.enabled and not keys_can_collide(units, reader_config):
+        return DedupPlan({}, Counter(), {"skipped": "dedup disabled; keys of one folder root cannot collide"})
     started, start = time.time(), time.perf_counter()
     finished_ref = ray.put(finished)
     hashes = hash_pass(units, reader_config, max_bytes, max_pixels, config.enabled, finished_ref, recorder)
@@ -389,6 +399,12 @@ def plan_rejections(
     figures = {**result.figures, "hash_pass_seconds": round(hash_seconds, 3), **dict(sorted(result.counts.items()))}
     log.info("dedup: %d inputs, rejected %s", rows, dict(result.counts))
     return DedupPlan(by_unit, result.counts, figures)
+
+
+def keys_can_collide(units: list[dict], reader_config: ReaderConfig) -> bool:
+    """False when every input is a folder file under one root: their relative paths, hence keys, are distinct."""
+    roots = {unit.get("root") for unit in units}
+    return any(unit["kind"] != "folder" for unit in units) or len(roots) > 1 or bool(reader_config.key_column)
 
 
 def scaling_measurement(n: int = 100_000, quick: bool = False) -> dict:

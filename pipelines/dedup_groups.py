@@ -67,6 +67,7 @@ def bucket_of(values: np.ndarray, buckets: int) -> np.ndarray:
 def sha_prefix(sha256: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """First 8 bytes of each 32-byte digest as uint64 (digests are uniform: a fine bucket value)."""
     array = sha256.combine_chunks() if isinstance(sha256, pa.ChunkedArray) else sha256
+    array = array.cast(pa.binary(32))
     raw = np.frombuffer(array.buffers()[1], dtype=np.uint8)
     digests = raw[array.offset * 32 : (array.offset + len(array)) * 32].reshape(-1, 32)
     return np.ascontiguousarray(digests[:, :8]).view("<u8").ravel()

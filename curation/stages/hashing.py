@@ -39,6 +39,7 @@ PHASH_VIEW_SIDE = 32
 PHASH_BAND = 8  # 8x8 lowest DCT frequencies: 64 bits
 PHASH_WINDOW_SIGMA = 0.25  # of the side
 DEFAULT_MAX_PIXELS = 178_956_970  # the filter's decompression-bomb guard (PIL's default limit)
+NO_PIXEL_LIMIT = 1 << 62
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _WHITE = (255, 255, 255, 255)
 
@@ -77,8 +78,11 @@ class ImageHashes:
 
 
 def image_phash(data: bytes) -> str:
-    """The pHash of an encoded image as 16 hex digits (what ``KEY.json`` and the index store)."""
-    hashes = image_hashes(data)
+    """The pHash of an encoded image as 16 hex digits (what ``KEY.json`` and the index store).
+
+    No pixel limit here: the filter calls it on images it has already accepted.
+    """
+    hashes = image_hashes(data, max_pixels=NO_PIXEL_LIMIT)
     if hashes is None:
         raise ValueError("not a decodable image")
     return phash_hex(hashes.phash)

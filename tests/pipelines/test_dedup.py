@@ -204,7 +204,7 @@ def step_outcomes(result) -> dict[int, tuple[str, str]]:
     return {node: (rejection.reason, rejection.detail.split(" (")[0]) for node, rejection in result.rejections.items()}
 
 
-def test_global_step_matches_brute_force_for_any_partitioning_and_row_order(ray_session):
+def test_global_step_over_partitions_and_shuffled_rows_matches_brute_force(ray_session):
     import ray.data
 
     from pipelines.dedup import CONTENT_SCHEMA, global_step
@@ -214,10 +214,9 @@ def test_global_step_matches_brute_force_for_any_partitioning_and_row_order(ray_
     expected = reference_rejections(table, RADIUS)
     assert {reason for reason, _ in expected.values()} == {"duplicate", "near_duplicate", "duplicate_key"}
     shuffled = table.take(np.random.default_rng(0).permutation(table.num_rows))
-    for source, blocks, partition_rows in ((table, 1, 1_000_000), (shuffled, 6, 700)):
-        dataset = ray.data.from_arrow(source).repartition(blocks).materialize()
-        result = global_step(dataset, CONTENT_SCHEMA.empty_table(), DedupConfig(), partition_rows)
-        assert step_outcomes(result) == expected
+    dataset = ray.data.from_arrow(shuffled).repartition(6).materialize()
+    result = global_step(dataset, CONTENT_SCHEMA.empty_table(), DedupConfig(), partition_rows=700)  # 5 partitions
+    assert step_outcomes(result) == expected
 
 
 # ---------------------------------------------------------------- real builds on copies of real photos
@@ -418,29 +417,30 @@ def plan_outcomes(inputs: list[Path], files_per_task: int, partition_rows: int, 
     }
 
 
-def test_decisions_do_not_depend_on_parallelism_or_input_order(corpus, ray_session):
+def test_decisions_do_not_depend_on_parallelism_or_input_order(built, corpus, ray_session):
     photos, more = corpus / "photos", corpus / "more"
     _, rejected = expected_outcome(photo_corpus())
     expected = {("photos", key): outcome for key, outcome in rejected.items()}
-    runs = [
-        plan_outcomes([photos, more], files_per_task=64, partition_rows=1_000_000, block_bytes=64 * 2**20),
-        plan_outcomes([photos, more], files_per_task=1, partition_rows=2, block_bytes=2**20),
-        plan_outcomes([more, photos], files_per_task=3, partition_rows=5, block_bytes=2**20),
-    ]
-    for outcome in runs:
+    in_build = {  # files_per_task 8, one partition, 64 MiB blocks, photos first
+        (Path(row["source"]).parent.name, row["key"]): (row["reason"], row["detail"])
+        for row in rejects(built)
+        if row["stage"] == "dedup"
+    }
+    # the other way round: 3 files per read task, 5 partitions, 1 MiB blocks, `more` first
+    reversed_run = plan_outcomes([more, photos], files_per_task=3, partition_rows=5, block_bytes=2**20)
+    for outcome in (in_build, reversed_run):
         content = {
             where: (reason, detail.split(" (")[0])
             for where, (reason, detail) in outcome.items()
             if reason != "duplicate_key"
         }
         assert content == expected
-    assert runs[0] == runs[1]
-    # duplicate keys: the first input in input order keeps the key
-    assert runs[0][("more", "clock__jpg")] == ("duplicate_key", f"{photos / 'clock.jpg'} (read first, same key)")
-    assert runs[2][("photos", "clock__jpg")] == ("duplicate_key", f"{more / 'clock.jpg'} (read first, same key)")
-    assert {w: v for w, v in runs[2].items() if w[1] != "clock__jpg"} == {
-        w: v for w, v in runs[0].items() if w[1] != "clock__jpg"
+    assert {w: v for w, v in reversed_run.items() if w[1] != "clock__jpg"} == {
+        w: v for w, v in in_build.items() if w[1] != "clock__jpg"
     }
+    # duplicate keys: the first input in input order keeps the key
+    assert in_build[("more", "clock__jpg")] == ("duplicate_key", f"{photos / 'clock.jpg'} (read first, same key)")
+    assert reversed_run[("photos", "clock__jpg")] == ("duplicate_key", f"{more / 'clock.jpg'} (read first, same key)")
 
 
 def test_other_names_and_parallelism_keep_the_rule(demo_build_args, ray_session, tmp_path):
@@ -491,3 +491,19 @@ def stored_images(output: Path) -> dict[str, bytes]:
                 if ext in ("jpg", "png", "webp"):
                     images[key] = tar.extractfile(member).read()
     return images
+
+
+def test_keys_can_collide_only_across_roots_archives_or_key_columns(tmp_path):
+    from curation.config import ReaderConfig
+    from curation.io.readers import plan_inputs
+    from pipelines.dedup import keys_can_collide
+
+    for name in ("a/x.jpg", "b/x.jpg", "c.tar"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    one_root = plan_inputs([str(tmp_path / "a"), str(tmp_path / "a" / "x.jpg")], ReaderConfig(files_per_task=1)).units
+    assert not keys_can_collide(one_root, ReaderConfig())
+    two_roots = plan_inputs([str(tmp_path / "a"), str(tmp_path / "b")], ReaderConfig()).units
+    assert keys_can_collide(two_roots, ReaderConfig())
+    assert keys_can_collide(plan_inputs([str(tmp_path / "c.tar")], ReaderConfig()).units, ReaderConfig())
+    assert keys_can_collide(one_root, ReaderConfig(key_column="id"))
