@@ -100,8 +100,10 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from curation.inspect import check_dataset
     from curation.verify import verify_dataset
 
+    check_dataset(args.dataset)  # a missing path or a non-dataset: one line, exit 2
     problems = verify_dataset(args.dataset, fraction=args.fraction, seed=args.seed, recompute=args.recompute)
     for problem in problems:
         print(problem)

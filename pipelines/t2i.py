@@ -36,6 +36,7 @@ from curation.stages.scorers import ScorerStage
 from curation.stages.t5 import T5Stage
 from curation.stages.vae import VAEStage
 from curation.stats import summarize_idle
+from curation.terminal import worker_logs_wanted
 from pipelines import dedup
 from pipelines.preflight import check_cluster, stage_pools, with_pool_sizes
 from pipelines.ray_stages import StatsRecorder, apply_stage
@@ -261,7 +262,7 @@ def _connect_ray(config: RunConfig) -> None:
         num_cpus=config.ray.num_cpus,
         object_store_memory=config.ray.object_store_memory,
         include_dashboard=False,
-        log_to_driver=True,
+        log_to_driver=worker_logs_wanted(),
     )
 
 

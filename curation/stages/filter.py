@@ -55,6 +55,7 @@ from curation.stages.filter_decode import (
 )
 from curation.stages.filter_reasons import ANIMATED, REJECT_REASONS, Rejection
 from curation.stages.prepare import PrepareSpec
+from curation.thumbnails import reject_thumbnail
 
 # Formats whose bytes are stored as they are when the image is plain upright RGB. MPO (camera
 # multi-picture JPEG) starts with an ordinary JPEG that every decoder reads as the photo.
@@ -94,6 +95,7 @@ class FilterStage(Stage):
         try:
             filtered = filter_image(original, self.config, self.prepare.decode_size)
         except Rejection as rejection:
+            row["thumbnail"] = reject_thumbnail(original, rejection.reason)
             mark(row, REJECTED, self.name, rejection.reason, rejection.detail)
             return
         width, height = filtered.size
