@@ -15,7 +15,7 @@ import pytest
 
 from curation.cli import main, one_line
 from curation.io.layout import read_rejects
-from curation.terminal import build_summary, progress, quiet_ray, worker_logs_wanted
+from curation.terminal import TOP_REASONS, build_summary, progress, quiet_ray, worker_logs_wanted
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs/demo.yaml")
@@ -228,10 +228,13 @@ def test_build_summary_of_the_demo(demo_dataset: Path, capsys):
     assert lines[0].split()[:3] == ["stage", "rows", "in"]
     share = 100 * counts["written"] / counts["input"]
     assert f"written   {counts['written']} of {counts['input']} inputs ({share:.1f}%); " in lines[-5]
-    assert lines[-4] == "rejected  " + ", ".join(
-        f"{r} {n}" for r, n in sorted(reasons.items(), key=lambda i: (-i[1], i[0]))
-    )
-    assert lines[-3] == "dedup     0 duplicate(s) removed"
+    ranked = sorted(reasons.items(), key=lambda i: (-i[1], i[0]))
+    top = ", ".join(f"{r} {n}" for r, n in ranked[:TOP_REASONS])
+    rest = f", and {len(ranked) - TOP_REASONS} other reason(s)" if len(ranked) > TOP_REASONS else ""
+    assert lines[-4] == "rejected  " + top + rest
+    duplicates = reasons["duplicate"] + reasons["near_duplicate"]
+    assert duplicates == 1  # the demo's downscaled re-encoded astronaut
+    assert lines[-3] == f"dedup     {duplicates} duplicate(s) removed"
     assert lines[-2] == f"output    {demo_dataset}  ({len(list((demo_dataset / 'shards').glob('*.tar')))} shards)"
     assert lines[-1] == f"report    {report}"
 
