@@ -16,7 +16,10 @@ are all off: those stages do not isolate a failing row, and the prompts, images 
 from __future__ import annotations
 
 import functools
+import os
 import pickle
+import time
+from collections import Counter
 from typing import Any
 
 import pandas as pd
@@ -25,7 +28,7 @@ import ray.data
 from PIL import Image
 from ray.data import ActorPoolStrategy
 
-from curation.records import rows_to_table, table_to_rows
+from curation.records import is_ok, rows_to_table, table_to_rows
 from curation.stages.caption import _load_processor, chat_conversation
 from curation.stages.caption_vllm import (
     JOB,
@@ -33,6 +36,7 @@ from curation.stages.caption_vllm import (
     PACKED_ROW,
     REQUEST_COUNT,
     RETRY,
+    STAGE,
     CaptionCollector,
     Jobs,
     build_requests,
@@ -84,15 +88,19 @@ def engine_request(row: dict[str, Any]) -> dict[str, Any]:
     return pickle.loads(row[ENGINE_REQUEST]) | {ENGINE_REQUEST: None}
 
 
-def make_requests(table: pa.Table, caption_config: Any, jobs: Jobs) -> pd.DataFrame:
+def make_requests(table: pa.Table, caption_config: Any, jobs: Jobs, recorder=None) -> pd.DataFrame:
     """Ray task: rows → requests (one per job of an OK row, one pass-through otherwise)."""
+    started_at = time.time()
     processor = _processor(caption_config.model.path, caption_config.model.revision)
 
     def chat_text(prompt: str) -> str:
         return processor.apply_chat_template(chat_conversation(prompt), add_generation_prompt=True)
 
-    quality = caption_config.quality
-    requests = [request for row in table_to_rows(table) for request in build_requests(row, jobs, quality, chat_text)]
+    rows = table_to_rows(table)
+    live = sum(is_ok(row) for row in rows)
+    requests = [request for row in rows for request in build_requests(row, jobs, caption_config.quality, chat_text)]
+    if recorder is not None:  # rows in here, rows out in the collector: the stage's span covers both
+        recorder.record.remote(STAGE, {"rows_in": live, "started_at": started_at, "ended_at": time.time()})
     return pd.DataFrame([transport(request) for request in requests])
 
 
@@ -104,7 +112,7 @@ def keep_answer(output: dict[str, Any]) -> dict[str, Any]:
 class CollectorActor:
     """The one actor that reassembles rows; its output blocks are ``ROW_SCHEMA`` tables."""
 
-    def __init__(self, caption_config: Any, jobs: Jobs) -> None:
+    def __init__(self, caption_config: Any, jobs: Jobs, recorder=None) -> None:
         path, revision = caption_config.model.path, caption_config.model.revision
         tokenizer = _processor(path, revision).tokenizer
 
@@ -113,13 +121,21 @@ class CollectorActor:
 
         eos_ids = _eos_ids(path, revision, tokenizer)
         self.collector = CaptionCollector(jobs, caption_config.quality, decode, eos_ids)
+        self.recorder = recorder
 
     def __call__(self, batch: pd.DataFrame) -> pa.Table:
+        started_at = time.time()
         outputs = batch.to_dict("records")
         for output in outputs:
             tokens = output.get("generated_tokens")
             output["generated_tokens"] = [] if tokens is None else [int(t) for t in tokens]
-        return rows_to_table(self.collector.add(outputs))
+        rows = self.collector.add(outputs)
+        if self.recorder is not None:
+            # Rows that entered the stage OK: served ones, and those whose pixels failed in make_requests.
+            entered = [row["status"] for row in rows if is_ok(row) or row["stage"] == STAGE]
+            figures = {"rows_out": dict(Counter(entered)), "started_at": started_at, "ended_at": time.time()}
+            self.recorder.record.remote(STAGE, figures | {"worker": f"{os.uname().nodename}:{os.getpid()}"})
+        return rows_to_table(rows)
 
 
 def engine_kwargs(caption_config: Any, on_gpu: bool, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -132,9 +148,18 @@ def engine_kwargs(caption_config: Any, on_gpu: bool, overrides: dict[str, Any] |
     if ref.revision:
         kwargs["revision"] = ref.revision
     if not on_gpu:
-        kwargs["gpu_memory_utilization"] = CPU_KV_CACHE_SHARE
+        # No torch.compile warm-up (~40 s on 2 cores) for a CPU engine, which only ever runs small models.
+        kwargs.update(gpu_memory_utilization=CPU_KV_CACHE_SHARE, enforce_eager=True)
     kwargs.update(overrides or {})
     return kwargs
+
+
+def engine_bundle(resources: Any) -> dict[str, float]:
+    """What one vLLM engine (one worker of ``caption.resources``) reserves: CPUs, and GPUs when it has any
+    (without a GPU in its bundle ray.data.llm would ask for one and never be scheduled on a CPU cluster)."""
+    if resources.num_gpus > 0:
+        return {"CPU": resources.num_cpus, "GPU": resources.num_gpus}
+    return {"CPU": resources.num_cpus}
 
 
 def processor_config(caption_config: Any, overrides: dict[str, Any] | None = None):
@@ -143,7 +168,6 @@ def processor_config(caption_config: Any, overrides: dict[str, Any] | None = Non
 
     res = caption_config.resources
     on_gpu = res.num_gpus > 0
-    bundle = {"CPU": 1, "GPU": res.num_gpus} if on_gpu else {"CPU": 1}
     # On CPU, vLLM runs its model in a worker process by default, which outlives the Ray actor when Ray kills
     # it at the end of the job (and keeps spinning); in-process, it ends with the actor.
     runtime_env = None if on_gpu else {"env_vars": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}}
@@ -153,7 +177,7 @@ def processor_config(caption_config: Any, overrides: dict[str, Any] | None = Non
         engine_kwargs=engine_kwargs(caption_config, on_gpu, overrides),
         batch_size=res.batch_size,
         concurrency=(res.num_workers, res.num_workers),
-        placement_group_config={"bundles": [bundle]},
+        placement_group_config={"bundles": [engine_bundle(res)]},
         should_continue_on_error=True,
         log_engine_metrics=False,  # Ray's Prometheus export of vLLM metrics needs ray[serve]
         chat_template_stage=False,
@@ -168,12 +192,14 @@ def add_vllm_caption(
     caption_config: Any,
     jobs: Jobs | None = None,
     engine_overrides: dict[str, Any] | None = None,
+    recorder=None,
 ) -> ray.data.Dataset:
     """Caption the OK rows of ``dataset`` with vLLM, one request per (row, job); rows out in ``ROW_SCHEMA``.
 
     ``jobs`` defaults to ``caption_config.jobs`` (the primary first). Rows that are not OK pass through
     unchanged; a request the engine fails, or unreadable caption pixels, fail the row (stage ``caption``,
     reason ``error``, the message in ``detail``). ``engine_overrides``: extra vLLM engine arguments.
+    ``recorder``: the run's ``StatsRecorder`` actor, which then gets the stage's rows and span as ``caption``.
     """
     from ray.data.llm import build_processor
 
@@ -181,7 +207,7 @@ def add_vllm_caption(
     requests = dataset.map_batches(
         make_requests,
         batch_format="pyarrow",
-        fn_kwargs={"caption_config": caption_config, "jobs": jobs},
+        fn_kwargs={"caption_config": caption_config, "jobs": jobs, "recorder": recorder},
         num_cpus=HELPER_CPUS,
     )
     config = processor_config(caption_config, engine_overrides)
@@ -189,7 +215,7 @@ def add_vllm_caption(
     return processor(requests).map_batches(
         CollectorActor,
         batch_format="pandas",
-        fn_constructor_kwargs={"caption_config": caption_config, "jobs": jobs},
+        fn_constructor_kwargs={"caption_config": caption_config, "jobs": jobs, "recorder": recorder},
         compute=ActorPoolStrategy(size=1),  # every request of a row must reach the same collector
         num_cpus=HELPER_CPUS,
     )

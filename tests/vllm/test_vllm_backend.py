@@ -16,6 +16,7 @@ import pytest
 from curation.config import CaptionConfig, CaptionJob, ModelRef, Resources
 from curation.records import FAILED, OK, REJECTED, ROW_SCHEMA, Row, mark, new_row, put_pixels, rows_to_table
 from curation.stages.caption import CaptionStage
+from pipelines.ray_stages import StatsRecorder
 from pipelines.vllm_caption import add_vllm_caption
 
 
@@ -25,7 +26,10 @@ def vllm_installed() -> bool:
     return spec is not None and spec.origin is not None
 
 
-pytestmark = pytest.mark.skipif(not vllm_installed(), reason="vLLM backend: runs in the vLLM venv (make test-vllm)")
+pytestmark = [
+    pytest.mark.skipif(not vllm_installed(), reason="vLLM backend: runs in the vLLM venv (make test-vllm)"),
+    pytest.mark.timeout(900),  # the engine's start-up (~1 min on 2 idle cores) is slow on a loaded machine
+]
 
 SIZES = [(96, 72), (40, 120), (64, 64), (200, 50), (72, 96), (33, 77), (128, 96), (50, 50)]
 CAPTION_COLUMNS = ("status", "captions", "caption_status", "caption_tokens", "caption_flags")
@@ -66,12 +70,21 @@ def config(tiny_models: Path) -> CaptionConfig:
 
 
 @pytest.fixture(scope="module")
-def vllm_output(tiny_models: Path, ray_session):
+def vllm_run(tiny_models: Path, ray_session):
+    import ray
     import ray.data
 
+    recorder = StatsRecorder.remote()
     dataset = ray.data.from_arrow(rows_to_table(ok_rows() + special_rows()), override_num_blocks=3)
-    captioned = add_vllm_caption(dataset, config(tiny_models)).materialize()
-    return captioned.schema(), {row["key"]: row for row in captioned.take_all()}
+    captioned = add_vllm_caption(dataset, config(tiny_models), recorder=recorder).materialize()
+    rows = {row["key"]: row for row in captioned.take_all()}
+    return captioned.schema(), rows, ray.get(recorder.snapshot.remote())["stages"]
+
+
+@pytest.fixture(scope="module")
+def vllm_output(vllm_run):
+    schema, rows, _ = vllm_run
+    return schema, rows
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +139,12 @@ def test_every_row_comes_out_once_in_the_row_schema(vllm_output) -> None:
     assert schema.names == ROW_SCHEMA.names
     assert list(schema.types) == list(ROW_SCHEMA.types)
     assert all(row["caption_pixels"] is None for row in rows.values())  # consumed by the caption stage
+
+
+def test_the_run_statistics_count_the_stage(vllm_run) -> None:
+    _, _, stages = vllm_run
+    caption = stages["caption"]
+    # Rows that entered OK: the images, the too-long prompt and the unreadable pixels (not the rejected/failed).
+    assert caption["rows_in"] == len(SIZES) + 2
+    assert caption["rows_out"] == {"failed": 2, "ok": len(SIZES)}
+    assert caption["active_seconds"] > 0 and caption["rows_per_s"] > 0
