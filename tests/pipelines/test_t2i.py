@@ -121,10 +121,12 @@ def test_manifest_has_the_run_statistics_of_every_stage(demo_output):
     out, _ = demo_output
     manifest = json.loads((out / "manifest.json").read_text())
     stages, counts = manifest["stages"], manifest["counts"]
-    assert list(stages) == ["read", "filter", "vae", "caption", "t5", "write"]
+    assert list(stages) == ["dedup", "read", "filter", "vae", "caption", "t5", "write"]
     assert stages["read"]["rows_in"] == counts["input"]
     written_by_filter = stages["filter"]["rows_out"].get("ok", 0)
-    assert stages["filter"]["rows_in"] == counts["input"] - stages["read"]["rows_out"].get("rejected", 0)
+    assert manifest["funnel"]["dedup"] == {"near_duplicate": 1}  # the downscaled re-encoded astronaut
+    rejected_before_filter = sum(n for status, n in stages["read"]["rows_out"].items() if status != "ok")
+    assert stages["filter"]["rows_in"] == counts["input"] - rejected_before_filter
     assert stages["vae"]["rows_in"] == written_by_filter
     assert stages["write"]["rows_out"]["ok"] == counts["written"]
     for name in ("vae", "caption", "t5"):
