@@ -411,4 +411,4 @@ def scaling_measurement(n: int = 100_000, quick: bool = False) -> dict:
     """Time and memory of the global step per million inputs (``pipelines/dedup_scaling.py`` states the method)."""
     from pipelines.dedup_scaling import measure
 
-    return measure(10_000 if quick else n)
+    return measure(10_000, repeats=1) if quick else measure(n)
