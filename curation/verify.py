@@ -31,6 +31,7 @@ from curation.io.layout import (
     read_index,
     read_json,
 )
+from curation.terminal import progress
 
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
@@ -253,7 +254,8 @@ def verify_dataset(path: str, fraction: float = 1.0, seed: int = 0, recompute: f
         by_shard.setdefault(row["shard"], {})[row["key"]] = row
     unindexed = sorted(set(shard_names) - by_shard.keys())
     problems += [f"{name}: shard has no index rows" for name in unindexed]
-    for shard in _pick_shards(sorted(by_shard.keys() & set(shard_names)), fraction, seed):
+    picked = _pick_shards(sorted(by_shard.keys() & set(shard_names)), fraction, seed)
+    for shard in progress(picked, desc="verify", unit="shard"):
         problems += check_shard(fs, root, shard, by_shard[shard])
     if recompute > 0:
         from curation.recompute import recompute_problems  # loads T5 and the VAE: only when asked

@@ -55,6 +55,7 @@ from curation.pixart.export_captions import (
 from curation.pixart.export_summary import JSON_NAME, build_summary
 from curation.pixart.layout import ExportPlan, plan_export
 from curation.pixart.loader import iter_shard, pad_tokens
+from curation.terminal import progress
 
 # PNG stores these modes as they are; anything else (CMYK, YCbCr, …) is converted to RGB first.
 _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
@@ -187,7 +188,7 @@ class _ShardExporter:
 
     def run(self, shards: list[str]) -> None:
         with ThreadPoolExecutor(self.num_workers) as pool:
-            for shard in shards:
+            for shard in progress(shards, desc="export", unit="shard"):
                 self._export_shard(shard, pool)
         self.stats["exported"] = len(self.entries)
         self.stats["sharegpt4v_features"] += self.encoder.written[SHAREGPT4V]

@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 
 from curation.io.layout import filesystem, iter_tar_samples, load_npy, read_manifest
 from curation.models.loading import resolve_device, resolve_dtype
+from curation.terminal import progress
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def generate(
 ) -> list[Image.Image]:
     """One image per prompt; the null embedding is the negative when guidance > 1."""
     images = []
-    for i in range(len(prompts.texts)):
+    for i in progress(range(len(prompts.texts)), desc="sample", unit="image"):
         kwargs = dict(
             prompt=None,
             prompt_embeds=prompts.embeds[i : i + 1],
