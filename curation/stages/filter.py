@@ -22,7 +22,6 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import imagehash
 from PIL import Image
 
 from curation.buckets import aspect_ratio_table
@@ -54,6 +53,7 @@ from curation.stages.filter_decode import (
     to_rgb,
 )
 from curation.stages.filter_reasons import ANIMATED, REJECT_REASONS, Rejection
+from curation.stages.hashing import image_phash
 from curation.stages.prepare import PrepareSpec
 from curation.thumbnails import reject_thumbnail
 
@@ -106,7 +106,7 @@ class FilterStage(Stage):
             width=width,
             height=height,
             sha256=hashlib.sha256(original).hexdigest(),
-            phash=str(imagehash.phash(filtered.image)),
+            phash=image_phash(original),
             filter_notes=json.dumps(filtered.notes, sort_keys=True),
             filter_values=json.dumps(filtered.values, sort_keys=True),
             bucket=bucket,
