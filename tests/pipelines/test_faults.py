@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -200,7 +201,8 @@ def test_failures_above_the_fraction_write_everything_then_exit_non_zero(
 
 
 def start_build(args: list[str], log: Path) -> subprocess.Popen:
-    """``curate build`` in its own process group (its embedded Ray's processes join that group)."""
+    """``curate build`` in a process group of its own (its embedded Ray's GCS and raylet join it; Ray gives
+    workers groups of their own: ``descendants`` finds those)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     with log.open("ab") as sink:
         return subprocess.Popen(
@@ -267,13 +269,13 @@ def stop_build(process: subprocess.Popen, seen: dict[Process, str]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def wait_until(condition: Callable[[], bool], process: subprocess.Popen, timeout: float = PROCESS_TIMEOUT_S) -> bool:
-    """True once ``condition`` holds; False when the process ended first."""
+def wait_until(condition: Callable[[], bool], ended: Callable[[], bool], timeout: float = PROCESS_TIMEOUT_S) -> bool:
+    """True once ``condition`` holds; False when the build ``ended`` first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return True
-        if process.poll() is not None:
+        if ended():
             return False
         time.sleep(0.05)
     raise AssertionError(f"neither the condition nor the end of the build within {timeout} s")
@@ -292,7 +294,7 @@ def test_driver_killed_at_random_moments_then_resumed(build_args, clean: Path, t
     for moment, delay in zip(moments, (rng.uniform(0, 4), rng.uniform(0, 1)), strict=True):
         before = tar_names(out)
         process = start_build(build_args(out), log)
-        if wait_until(lambda: moment(before), process):  # noqa: B023 (used in this iteration only)
+        if wait_until(lambda: moment(before), lambda: process.poll() is not None):  # noqa: B023 (this iteration)
             time.sleep(delay)
         seen = descendants(process.pid)
         process.send_signal(signal.SIGKILL)
@@ -303,29 +305,41 @@ def test_driver_killed_at_random_moments_then_resumed(build_args, clean: Path, t
     assert_same_dataset(out, clean)
 
 
-def test_worker_killed_mid_run_then_rerun(build_args, clean: Path, tmp_path: Path) -> None:
+def test_worker_killed_mid_run_then_rerun(build_args, clean: Path, tmp_path: Path, ray_session) -> None:
+    """SIGKILL one stage actor of a build running on the session's embedded Ray (in a thread of this process)."""
     rng = random.Random(5)
-    out, log = tmp_path / "out", tmp_path / "build.log"
-    process = start_build(build_args(out), log)
+    out = tmp_path / "out"
+    earlier = set(actor_processes())
+    outcome: dict[str, object] = {}
 
-    def actors() -> list[Process]:  # Ray Data's actor-pool workers: "ray::_MapWorker..."
-        return sorted(proc for proc, command in descendants(process.pid).items() if "MapWorker" in command)
+    def build() -> None:
+        try:
+            outcome["exit"] = main(build_args(out))
+        except Exception as error:  # a clean failure is allowed; a hang is not
+            outcome["exit"] = repr(error)
 
-    seen: dict[Process, str] = {}
-    try:
-        assert wait_until(lambda: len(actors()) >= 3, process), log.read_text()[-3000:]  # vae, caption, t5
-        time.sleep(rng.uniform(0.5, 2.0))
-        seen = descendants(process.pid)
-        victim = rng.choice(actors())
-        if _alive([victim]):
-            os.kill(victim[0], signal.SIGKILL)
-        returncode = process.wait(timeout=PROCESS_TIMEOUT_S)  # completes or fails: never hangs
-    finally:
-        stop_build(process, {**seen, **descendants(process.pid)})
-    if returncode == 0:
+    thread = threading.Thread(target=build, daemon=True)
+    thread.start()
+
+    def started() -> list[Process]:
+        return sorted(set(actor_processes()) - earlier)
+
+    assert wait_until(lambda: len(started()) >= 3, lambda: not thread.is_alive()), outcome  # vae, caption, t5
+    time.sleep(rng.uniform(0.2, 1.0))
+    victim = rng.choice(started())
+    assert thread.is_alive() and _alive([victim])  # the kill lands mid-run
+    os.kill(victim[0], signal.SIGKILL)
+    thread.join(timeout=PROCESS_TIMEOUT_S)
+    assert not thread.is_alive(), "the build hung after a worker was killed"
+    if outcome["exit"] == 0:
         assert json.loads((out / "manifest.json").read_text())["counts"]["input"] == INPUTS
     assert main(build_args(out)) == 0
     assert_same_dataset(out, clean)
+
+
+def actor_processes() -> list[Process]:
+    """Ray Data's actor-pool workers ("ray::MapWorker(MapBatches(StageActor))...") of this process's Ray."""
+    return sorted(proc for proc, command in descendants(os.getpid()).items() if "MapWorker" in command)
 
 
 # ---------------------------------------------------------------- resume refused when numerics change
