@@ -33,7 +33,7 @@ def curate_build(s3_server, demo_build_args: list[str]) -> subprocess.CompletedP
     args = list(demo_build_args)
     args[args.index("--output") + 1] = DATASET
     return subprocess.run(
-        [sys.executable, "-m", "curation.cli", *args],
+        [sys.executable, "-m", "curation.cli", *args, "--json"],
         cwd=ROOT,
         env=s3_server.env(),
         capture_output=True,
