@@ -510,7 +510,7 @@ class RunConfig(Strict):
 # the fingerprint.
 _NOT_FINGERPRINTED = {
     "input", "output", "ray", "resources", "device", "num_workers", "tiny_models_dir", "channels_last", "compile",
-    "run",
+    "run", "band_key_blocks",  # how candidate pairs are found: exact recall whatever its value
 }  # fmt: skip
 
 

@@ -43,6 +43,7 @@ from ray.data.context import ShuffleStrategy
 
 from curation.config import DedupConfig, ReaderConfig, Resources
 from curation.io import readers
+from curation.io.keys import DUPLICATE_KEY
 from curation.io.layout import read_index, read_rejects
 from curation.records import REJECTED, Row
 from curation.stages.hashing import HASH_SCHEMA, HashStage, hash_table, input_id, split_input_id
@@ -51,7 +52,7 @@ from pipelines import dedup_groups as groups
 log = logging.getLogger(__name__)
 
 STAGE = "dedup"
-DUPLICATE, NEAR_DUPLICATE, DUPLICATE_KEY = "duplicate", "near_duplicate", "duplicate_key"
+DUPLICATE, NEAR_DUPLICATE = "duplicate", "near_duplicate"
 PARTITION_ROWS = 250_000  # rows per groupby partition (one UDF call): bounds a task's memory
 # The hash tables are small (~100 bytes per input): the sort-based shuffle's plain tasks start in a fraction of
 # the time the hash shuffle's aggregator actors take (measured: 5.7 s vs 78 s for a first groupby on a loaded

@@ -77,7 +77,11 @@ def test_fingerprint_ignores_sizing_but_not_output_shaping_settings():
     resized = _minimal()
     resized["caption"]["resources"] = {"num_workers": 7, "batch_size": 3}
     resized["output"] = "elsewhere"
+    resized["dedup"] = {"band_key_blocks": 1}  # another way to find the same pairs
     assert fingerprint(parse_config(resized)) == fingerprint(base)
+    wider = _minimal()
+    wider["dedup"] = {"near_duplicate_radius": 8}
+    assert fingerprint(parse_config(wider)) != fingerprint(base)
     longer = _minimal()
     longer["t5"]["max_length"] = 120
     assert fingerprint(parse_config(longer)) != fingerprint(base)

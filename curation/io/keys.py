@@ -31,6 +31,7 @@ MAX_KEY_LENGTH = 150
 HASH_LENGTH = 16  # 64 bits: millions of paths that clean to the same text (non-ASCII names) stay distinct
 HASH_MARK = "_-"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".parquet")
+DUPLICATE_KEY = "duplicate_key"  # the reject reason of a later input whose key another input already has
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*(?:/[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*)*")

@@ -25,6 +25,7 @@ from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
 from curation.config import SCORE_NAMES
+from curation.io.keys import DUPLICATE_KEY
 from curation.io.layout import (
     FILTER_VALUE_TYPES,
     IMAGE_EXTS,
@@ -377,18 +378,26 @@ def prepare_output(
 
 
 def done_keys(output_dir: str) -> set[str]:
-    """Keys a resumed run skips: written or rejected. Failed keys are retried."""
+    """Keys a resumed run skips: written or rejected. Failed keys are retried; a ``duplicate_key`` reject's key
+    belongs to another input (which may still be pending), so it does not count."""
     keys = set(read_index(output_dir, ["key"])["key"].to_pylist())
-    rejects = read_rejects(output_dir, ["key", "status"]).to_pydict()
-    keys.update(key for key, status in zip(rejects["key"], rejects["status"], strict=True) if status == REJECTED)
+    rejects = read_rejects(output_dir, ["key", "status", "reason"]).to_pylist()
+    keys.update(row["key"] for row in rejects if row["status"] == REJECTED and row["reason"] != DUPLICATE_KEY)
     return keys
 
 
-def _not_written_outcomes(written: set[str], rejects: dict[str, list]) -> dict[str, tuple[str, str, str]]:
-    """key -> (status, stage, reason) for keys never written; a rejection wins over a failure (it is final)."""
-    outcomes: dict[str, tuple[str, str, str]] = {}
-    columns = (rejects["key"], rejects["status"], rejects["stage"], rejects["reason"])
-    for key, status, stage, reason in zip(*columns, strict=True):
+def _not_written_outcomes(written: set[str], rejects: dict[str, list]) -> dict[Any, tuple[str, str, str]]:
+    """input -> (status, stage, reason) for inputs never written; a rejection wins over a failure (it is final).
+
+    An input is its key, except for ``duplicate_key`` rejects: they share their key with the input that kept
+    it, so they are told apart by (key, source).
+    """
+    outcomes: dict[Any, tuple[str, str, str]] = {}
+    columns = (rejects["key"], rejects["source"], rejects["status"], rejects["stage"], rejects["reason"])
+    for key, source, status, stage, reason in zip(*columns, strict=True):
+        if reason == DUPLICATE_KEY:
+            outcomes[(key, source)] = (status, stage or "", reason)
+            continue
         if key in written or outcomes.get(key, ("",))[0] == REJECTED:
             continue
         outcomes[key] = (status, stage or "", reason or "")
@@ -410,7 +419,7 @@ def _histogram(values: Iterable[str], order: Callable[[str], Any] | None = None)
 def dataset_summary(output_dir: str) -> dict[str, Any]:
     """Counts, the funnel, reason, bucket and caption-flag histograms and the shard list (index + rejects)."""
     index = read_index(output_dir, ["key", "shard", "bucket", "caption_flags"]).to_pydict()
-    rejects = read_rejects(output_dir, ["key", "status", "stage", "reason"]).to_pydict()
+    rejects = read_rejects(output_dir, ["key", "source", "status", "stage", "reason"]).to_pydict()
     bucket_of = dict(zip(index["key"], index["bucket"], strict=True))
     outcomes = _not_written_outcomes(set(bucket_of), rejects)
     statuses = Counter(status for status, _, _ in outcomes.values())

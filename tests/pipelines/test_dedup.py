@@ -367,6 +367,8 @@ def test_build_keeps_one_sample_per_group_by_the_rule(built, corpus):
     kept, rejected = expected_outcome(photo_corpus())
     assert_dedup_outcome(built, kept, rejected)
     assert index_keys(built) == kept  # clock__jpg is photos/clock.jpg, the first input with that key
+    copies = [row for row in rejects(built) if row["reason"] in ("duplicate", "near_duplicate")]
+    assert copies and all(Image.open(io.BytesIO(row["thumbnail"])).format == "JPEG" for row in copies)
     (key_reject,) = [row for row in rejects(built) if row["reason"] == "duplicate_key"]
     assert (key_reject["key"], key_reject["stage"], key_reject["source"]) == (
         "clock__jpg",
@@ -384,6 +386,9 @@ def test_build_keeps_one_sample_per_group_by_the_rule(built, corpus):
         1,
     )
     assert figures["rows_in"] == manifest["counts"]["input"] == len(photo_corpus()) + 1
+    # the duplicate_key reject shares its key with a written sample and is still counted, once
+    assert manifest["funnel"]["dedup"]["duplicate_key"] == 1
+    assert "unaccounted" not in manifest
     assert manifest["stages"]["filter"]["rows_in"] == len(kept)  # copies never reach the filter or a model
 
 
