@@ -34,7 +34,7 @@ def section_html(page: str, anchor: str) -> str:
 @pytest.fixture(scope="module")
 def full(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     path = full_dataset(tmp_path_factory.mktemp("report") / "ds")
-    return path, write_report(str(path)).read_text()
+    return path, Path(write_report(str(path))).read_text()
 
 
 def test_every_section_is_present_and_the_page_is_self_contained(full):
@@ -100,7 +100,7 @@ def test_buckets_captions_flags_scores_stages_and_gallery(full):
 
 def test_gallery_thumbnails_are_small_and_capped(tmp_path: Path):
     rows = [ok_row(f"img_{i:02d}", words=2) for i in range(MAX_THUMBNAILS + 6)]
-    page = write_report(str(build_dataset(tmp_path / "ds", rows))).read_text()
+    page = Path(write_report(str(build_dataset(tmp_path / "ds", rows)))).read_text()
     uris = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', section_html(page, "gallery"))
     assert len(uris) == MAX_THUMBNAILS
     with Image.open(io.BytesIO(base64.b64decode(uris[0]))) as thumbnail:
@@ -113,7 +113,7 @@ def test_a_dataset_from_before_these_features_says_no_data(tmp_path: Path):
     (path / "manifest.json").unlink()
     rejects = next((path / "rejects").glob("*.parquet"))
     pq.write_table(pq.read_table(rejects).drop_columns(["thumbnail"]), rejects)
-    page = write_report(str(path)).read_text()
+    page = Path(write_report(str(path))).read_text()
     assert "manifest.json is missing" in section_html(page, "summary")
     for anchor in ("duplicates", "scores", "stages", "flags"):
         assert "no data" in section_html(page, anchor), anchor

@@ -50,7 +50,7 @@ def probed_body(page: Path, tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_report(str(full_dataset(tmp_path_factory.mktemp("browser") / "ds")))
+    return Path(write_report(str(full_dataset(tmp_path_factory.mktemp("browser") / "ds"))))
 
 
 def test_screenshot_is_not_blank(report: Path, tmp_path: Path):

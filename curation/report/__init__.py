@@ -9,8 +9,6 @@ whose data the dataset lacks (built before the feature, or nothing to show) says
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from curation.io.layout import REPORT_DIR, atomic_write, filesystem
 from curation.report import content, overview
 from curation.report.content import GALLERY_SIDE
@@ -44,10 +42,9 @@ def render_report(path: str) -> str:
     return render(load(path))
 
 
-def write_report(path: str) -> Path:
-    """Write ``path/report/index.html`` and return where it is."""
+def write_report(path: str) -> str:
+    """Write ``path/report/index.html`` and return where it is, as ``path`` names it (``s3://…`` stays a URL)."""
     fs, root = filesystem(path)
     report = render_report(path).encode("utf-8")
-    target = f"{root}/{REPORT_DIR}/index.html"
-    atomic_write(fs, target, lambda file: file.write(report))
-    return Path(target)
+    atomic_write(fs, f"{root}/{REPORT_DIR}/index.html", lambda file: file.write(report))
+    return f"{path.rstrip('/')}/{REPORT_DIR}/index.html"

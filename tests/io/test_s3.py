@@ -99,6 +99,7 @@ def test_verify_report_and_export_read_from_s3(s3_build, cli_on_s3, tmp_path, ca
     assert capsys.readouterr().out.strip().endswith(f"0 problem(s) in {DATASET}")
 
     assert main(["report", DATASET]) == 0
+    assert capsys.readouterr().out.strip() == f"{DATASET}/report/index.html"
     with fs.open(f"{BUCKET}/demo/report/index.html", "rb") as page:
         assert f"Dataset report: {BUCKET}/demo" in page.read().decode()
 
