@@ -145,7 +145,11 @@ def engine_kwargs(caption_config: Any, on_gpu: bool, overrides: dict[str, Any] |
     if ref.subfolder:
         raise ValueError("caption.backend vllm: vLLM loads a model folder itself; point model.path at it")
     dtype = ref.dtype if ref.dtype != "auto" else ("bfloat16" if on_gpu else "float32")
-    kwargs: dict[str, Any] = {"dtype": dtype, "limit_mm_per_prompt": {"image": 1}}
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "limit_mm_per_prompt": {"image": 1},
+        "trust_remote_code": ref.trust_remote_code,  # the config's opt-in, as in the HF backend
+    }
     if ref.revision:
         kwargs["revision"] = ref.revision
     if not on_gpu:

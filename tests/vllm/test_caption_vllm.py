@@ -225,3 +225,19 @@ def test_a_served_request_without_tokens_is_an_empty_caption(tokens) -> None:
     requests = build_requests(prepared_row("k"), JOBS, KEEP, chat_text)
     (row,) = CaptionCollector(JOBS, KEEP, decode, EOS).add([answer(requests[0], tokens), answer(requests[1], [12])])
     assert row["reason"] == "empty_caption"
+
+
+def test_engine_arguments_follow_the_model_ref() -> None:
+    from curation.config import CaptionConfig, ModelRef
+    from pipelines.vllm_caption import engine_kwargs
+
+    plain = CaptionConfig(model=ModelRef(path="llava-hf/llava-1.5-7b-hf", revision="abc123"))
+    on_gpu = engine_kwargs(plain, on_gpu=True)
+    assert on_gpu == {
+        "dtype": "bfloat16", "limit_mm_per_prompt": {"image": 1}, "trust_remote_code": False, "revision": "abc123",
+    }  # fmt: skip
+    trusted = CaptionConfig(model=ModelRef(path="org/custom-vlm", trust_remote_code=True, dtype="float16"))
+    on_cpu = engine_kwargs(trusted, on_gpu=False)
+    assert (on_cpu["trust_remote_code"], on_cpu["dtype"], on_cpu["enforce_eager"]) == (True, "float16", True)
+    with pytest.raises(ValueError, match=r"point model\.path at it"):
+        engine_kwargs(CaptionConfig(model=ModelRef(path="org/repo", subfolder="llm")), on_gpu=True)
