@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable
 
+import numpy as np
 from PIL import Image, ImageOps
 
 THUMBNAIL_SIDE = 128
@@ -35,11 +36,15 @@ def make_thumbnail(data: bytes | None, side: int = THUMBNAIL_SIDE) -> bytes | No
             small = ImageOps.exif_transpose(image.convert("RGBA" if _has_alpha(image) else "RGB"))
     except Exception:  # any decoder error: the input is damaged or not an image, so no thumbnail
         return None
-    small.thumbnail((side, side), Image.Resampling.BILINEAR)
     if small.mode == "RGBA":  # transparency on white, as the filter flattens it
         small = Image.alpha_composite(Image.new("RGBA", small.size, "white"), small)
+    return _jpeg(small, side)
+
+
+def _jpeg(image: Image.Image, side: int) -> bytes:
+    image.thumbnail((side, side), Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
-    small.convert("RGB").save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY)
+    image.convert("RGB").save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY)
     return buffer.getvalue()
 
 
@@ -48,6 +53,14 @@ def reject_thumbnail(data: bytes | None, reasons: str | Iterable[str]) -> bytes 
     or says the input does not decode (no attempt)."""
     names = {reasons} if isinstance(reasons, str) else set(reasons)
     return None if names & (NO_THUMBNAIL_REASONS | UNDECODABLE_REASONS) else make_thumbnail(data)
+
+
+def view_thumbnail(pixels: np.ndarray, reasons: Iterable[str], side: int = THUMBNAIL_SIDE) -> bytes | None:
+    """A thumbnail of an already decoded view (uint8 HWC, e.g. the scorers' square view): no decode of the
+    original inside a model stage. None for ``nsfw``."""
+    if set(reasons) & NO_THUMBNAIL_REASONS:
+        return None
+    return _jpeg(Image.fromarray(pixels, "RGB"), side)
 
 
 def _has_alpha(image: Image.Image) -> bool:

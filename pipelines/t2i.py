@@ -25,6 +25,7 @@ import ray.data
 
 from curation.config import CaptionConfig, ReaderConfig, RunConfig, fingerprint
 from curation.io import readers, writer
+from curation.io.keys import DUPLICATE_KEY
 from curation.models.loading import check_model_paths, model_records, resolve_numerics
 from curation.models.paths import ModelsOnNode, model_refs, resolve_model_paths
 from curation.models.tiny import ensure_tiny_models
@@ -37,6 +38,7 @@ from curation.stages.t5 import T5Stage
 from curation.stages.vae import VAEStage
 from curation.stats import summarize_idle
 from curation.terminal import worker_logs_wanted
+from curation.thumbnails import reject_thumbnail
 from pipelines import dedup
 from pipelines.preflight import check_cluster, stage_pools, with_pool_sizes
 from pipelines.ray_stages import StatsRecorder, apply_stage
@@ -68,6 +70,8 @@ def read_units(
                 continue
             rejection = rejections.get(str(position))
             if rejection and rejection[0] == row["key"]:  # the key guards against a unit that reads differently now
+                if rejection[1] != DUPLICATE_KEY:  # a copy: the report shows it beside the sample kept
+                    row["thumbnail"] = reject_thumbnail(row["image"], rejection[1])
                 mark(row, REJECTED, dedup.STAGE, rejection[1], rejection[2])
             outcomes[row["status"]] += 1
             chunk.append(row)

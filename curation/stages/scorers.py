@@ -21,6 +21,7 @@ from curation.config import ScorersConfig
 from curation.models.scorers import Scorer, build_scorers
 from curation.records import REJECTED, Row, drop_pixels, get_pixels, is_ok, mark
 from curation.stages.base import Stage, mark_error
+from curation.thumbnails import view_thumbnail
 
 
 def rule_failures(scores: dict[str, float], config: ScorersConfig) -> list[tuple[str, str]]:
@@ -94,4 +95,5 @@ class ScorerStage(Stage):
     def _apply_rules(self, row: Row) -> None:
         failures = rule_failures(json.loads(row["scores"]), self.config)
         if failures:
+            row["thumbnail"] = view_thumbnail(get_pixels(row, "scorer"), [reason for reason, _ in failures])
             mark(row, REJECTED, self.name, failures[0][0], "; ".join(text for _, text in failures))

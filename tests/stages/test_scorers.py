@@ -7,6 +7,7 @@ plain matrix products over the state dict's published keys, and a softmax over t
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -184,6 +185,12 @@ def test_thresholds_reject_with_the_first_failed_rule_as_reason_and_every_failur
             continue
         assert (row["status"], row["stage"], row["reason"]) == (REJECTED, "scorers", failures[0][0]), index
         assert row["detail"] == "; ".join(text for _, text in failures)
+        # a thumbnail of the view the scorers saw, for the report; never one of an nsfw reject
+        if any(reason == "nsfw" for reason, _ in failures):
+            assert row["thumbnail"] is None, index
+        else:
+            thumbnail = Image.open(io.BytesIO(row["thumbnail"]))
+            assert thumbnail.format == "JPEG" and max(thumbnail.size) == 128, index
     assert {row["status"] for row in rows} == {OK, REJECTED}
 
 
