@@ -18,7 +18,6 @@ from curation.cli import main
 from curation.io.layout import load_npy
 
 ROOT = Path(__file__).resolve().parents[2]
-BROKEN = {"broken_truncated", "broken_zero", "not_an_image", "broken_header"}
 JSON_FIELDS = {
     "key",
     "source",
@@ -70,21 +69,35 @@ def test_manifest_accounts_for_every_input(demo_output):
     assert counts["input"] == len(files) - len(sidecars) == counts["written"] + counts["rejected"] + counts["failed"]
     assert manifest["inputs"]["sidecars"] == len(sidecars) == 3
     assert "unaccounted" not in manifest
-    assert counts["written"] >= 15
     for field in ("config", "fingerprint", "models", "versions", "started_at", "finished_at"):
         assert manifest[field], field
     assert set(manifest["models"]) == {"caption", "t5", "vae"}
     assert all(m.get("weights_sha256_sampled") for m in manifest["models"].values())
 
 
-def test_broken_inputs_are_rejected_with_reasons(demo_output):
+# What each bundled file that is not written gets (examples/images; the rest are 20 good photos).
+DEMO_REJECTS = {
+    "LICENSE.md": ("filter", "not_an_image"),  # text
+    "not_an_image.png": ("filter", "not_an_image"),  # text with an image extension
+    "broken_header.webp": ("filter", "not_an_image"),  # random bytes
+    "broken_zero.jpg": ("filter", "empty"),
+    "broken_truncated.jpg": ("filter", "truncated"),
+    "retina_strip_6x1.jpg": ("filter", "aspect_ratio"),
+    "microaneurysms_tiny.png": ("filter", "too_small"),
+    "nested/deeper/astronaut_small.jpg": ("dedup", "near_duplicate"),  # astronaut.jpg downscaled, re-encoded
+}
+
+
+def test_every_demo_input_has_its_exact_outcome(demo_output):
     out, _ = demo_output
-    rejects = {Path(r["source"]).stem: r for r in _table(out / "rejects")}
-    assert rejects["LICENSE"]["reason"] == "not_an_image"
-    assert set(rejects) >= BROKEN
-    for row in rejects.values():
-        assert row["stage"] and row["reason"] and row["key"]
-    assert rejects["broken_zero"]["reason"] == "empty"
+    images = ROOT / "examples/images"
+    rejects = {str(Path(r["source"]).relative_to(images)): r for r in _table(out / "rejects")}
+    assert {name: (r["stage"], r["reason"]) for name, r in rejects.items()} == DEMO_REJECTS
+    assert all(r["status"] == "rejected" and r["key"] and r["detail"] for r in rejects.values())
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert counts == {"input": 28, "written": 20, "rejected": 8, "failed": 0}
+    written = {str(Path(r["source"]).relative_to(images)) for r in _table(out / "index")}
+    assert len(written) == 20 and not written & set(DEMO_REJECTS)
 
 
 def test_shards_hold_every_contract_field(demo_output):
@@ -166,3 +179,26 @@ def test_missing_model_path_is_a_clear_error_before_any_work(demo_build_args, tm
     assert main([*args, "--set", f"vae.model.path={tmp_path}/no-such-vae"]) == 2
     assert "no-such-vae" in capsys.readouterr().err
     assert not (tmp_path / "never-written" / "shards").exists()
+
+
+def test_two_caption_workers_and_other_blocks_write_the_same_captions(demo_output, tmp_path):
+    """Captions depend on the image only: 2 caption actors, 3-row blocks and micro-batches change nothing."""
+    out, args = demo_output
+    args = list(args)
+    args[args.index("--output") + 1] = str(tmp_path / "two-workers")
+    settings = {
+        "caption.resources.num_workers": 2,
+        "caption.resources.num_cpus": 0.5,
+        "caption.resources.rows_per_block": 3,
+        "caption.resources.batch_size": 3,
+    }
+    assert main([*args, *(f"--set={name}={value}" for name, value in settings.items())]) == 0
+    manifest = json.loads((tmp_path / "two-workers" / "manifest.json").read_text())
+    assert manifest["stages"]["caption"]["workers"] == 2
+    two = {key: json.loads(members["json"]) for key, members in _samples(tmp_path / "two-workers").items()}
+    one = {key: json.loads(members["json"]) for key, members in _samples(out).items()}
+    assert sorted(two) == sorted(one)
+    for key, meta in one.items():
+        assert two[key]["key"] == key
+        for field in ("captions", "caption_status", "caption_tokens", "caption_flags"):
+            assert two[key][field] == meta[field], (key, field)
