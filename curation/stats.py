@@ -3,7 +3,8 @@
 Figures of one call (from ``pipelines/ray_stages.timed_batch``): ``rows_in`` (OK rows entering),
 ``rows_out`` {status: rows}, ``seconds`` (in ``process_batch``), ``convert_seconds`` (Arrow ↔ rows),
 ``started_at`` / ``ended_at`` (epoch seconds), ``worker``, and from model stages ``model_seconds``,
-``model_calls``, ``model_flops``. An actor reports ``setup_seconds``, ``device`` and ``dtype`` once.
+``model_calls``, ``model_flops``. An actor reports ``setup_seconds``, ``device`` and ``dtype`` once. The
+write stage reports ``waited_seconds`` (waiting for upstream blocks), which its ``seconds`` exclude.
 
 Derived per stage: ``active_seconds`` (first call start to last call end), ``rows_per_s`` (rows in over
 that span: the rate the stage sustained in this run), ``rows_per_worker_s`` (rows in over busy seconds:
@@ -17,7 +18,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-_SUMS = ("rows_in", "seconds", "convert_seconds", "model_seconds", "model_calls", "model_flops", "setup_seconds")
+_SUMS = (
+    "rows_in", "seconds", "convert_seconds", "model_seconds", "model_calls", "model_flops", "setup_seconds",
+    "waited_seconds",
+)  # fmt: skip
 
 
 class StageStats:
@@ -81,8 +85,9 @@ def summarize(entry: dict[str, Any]) -> dict[str, Any]:
         "rows_per_worker_s": _rate(rows_in, busy_seconds),
         "busy": round(busy_seconds / (span * workers), 3) if span > 0 and workers else None,
     }
-    if "setup_seconds" in entry:
-        summary["setup_seconds"] = round(entry["setup_seconds"], 3)
+    for name in ("setup_seconds", "waited_seconds"):
+        if name in entry:
+            summary[name] = round(entry[name], 3)
     summary.update(_model_figures(entry))
     return summary
 

@@ -247,10 +247,12 @@ class ShardSink(Datasink[dict[str, Any]]):
 
     def write(self, blocks: Iterable[Block], ctx: TaskContext) -> dict[str, Any]:
         started, start = time.time(), time.perf_counter()
-        result = self._write(blocks, ctx)
+        waited = [0.0]  # seconds spent waiting for upstream blocks: not the writer's work
+        result = self._write(_timed(blocks, waited), ctx)
         if self.recorder is not None:
             out = {"ok": result["written"], "rejected": result["rejected"], "failed": result["failed"]}
-            figures = {"rows_in": sum(out.values()), "rows_out": out, "seconds": time.perf_counter() - start}
+            busy = time.perf_counter() - start - waited[0]
+            figures = {"rows_in": sum(out.values()), "rows_out": out, "seconds": busy, "waited_seconds": waited[0]}
             figures["worker"] = f"{os.uname().nodename}:{os.getpid()}"
             self.recorder.record.remote("write", {**figures, "started_at": started, "ended_at": time.time()})
         return result
@@ -287,6 +289,20 @@ class ShardSink(Datasink[dict[str, Any]]):
 
     def on_write_complete(self, write_result: WriteResult) -> None:
         """Nothing: the driver calls ``finalize`` once the whole pipeline has finished."""
+
+
+def _timed(blocks: Iterable[Block], waited: list[float]) -> Iterator[Block]:
+    """``blocks`` as they come, adding the time each took to arrive (the lazy iterator runs upstream) to waited[0]."""
+    iterator = iter(blocks)
+    while True:
+        start = time.perf_counter()
+        try:
+            block = next(iterator)
+        except StopIteration:
+            waited[0] += time.perf_counter() - start
+            return
+        waited[0] += time.perf_counter() - start
+        yield block
 
 
 # ---------------------------------------------------------------- driver-side: prepare, resume, finalize

@@ -304,3 +304,19 @@ def test_index_files_written_before_a_column_existed_read_as_nulls(tmp_path: Pat
 
     assert read_index(str(tmp_path), ["key", "caption_flags"]).to_pylist() == [{"key": "old", "caption_flags": None}]
     assert finalize(str(tmp_path), {})["caption_flags"] == {}
+
+
+def test_the_writer_times_waiting_for_upstream_blocks_apart_from_its_own_work() -> None:
+    import time
+
+    from curation.io.writer import _timed
+
+    def slow_upstream():
+        for block in ("a", "b"):
+            time.sleep(0.05)  # the upstream stages computing the next block
+            yield block
+
+    waited = [0.0]
+    start = time.perf_counter()
+    assert list(_timed(slow_upstream(), waited)) == ["a", "b"]
+    assert 0.1 <= waited[0] <= time.perf_counter() - start

@@ -142,6 +142,7 @@ def test_manifest_has_the_run_statistics_of_every_stage(demo_output):
     assert stages["filter"]["rows_in"] == counts["input"] - rejected_before_filter
     assert stages["vae"]["rows_in"] == written_by_filter
     assert stages["write"]["rows_out"]["ok"] == counts["written"]
+    assert stages["write"]["seconds"] > 0 and stages["write"]["waited_seconds"] >= 0  # busy excludes the wait
     for name in ("vae", "caption", "t5"):
         stage = stages[name]
         assert stage["workers"] == 1 and stage["setup_seconds"] > 0 and stage["device"] == "cpu"
