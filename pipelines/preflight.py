@@ -353,14 +353,16 @@ def stage_pools(
 ) -> tuple[list[Pool], dict[str, float]]:
     """Pools and CPU tasks of the pipeline's stages (model stages are actor pools, the others tasks).
 
-    A stage may declare ``placement_bundles`` (a vLLM engine's placement group) for its workers.
+    A stage may declare ``placement_bundles`` (a vLLM engine's placement group) for its workers, and
+    ``setting`` (the config section that sizes it, "" for none; default: its name).
     """
     pools, tasks = [], {"read": read_cpus}
     for stage in stages:
         res = stage.resources
         if stage.uses_model:
             bundles = tuple(getattr(stage, "placement_bundles", None) or ())
-            pools.append(Pool(stage.name, res.num_cpus, res.num_gpus, res.num_workers, bundles=bundles))
+            setting = getattr(stage, "setting", None)  # "" for a pool no --set sizes (the vLLM collector)
+            pools.append(Pool(stage.name, res.num_cpus, res.num_gpus, res.num_workers, bundles, setting=setting))
         else:
             tasks[stage.name] = res.num_cpus
     tasks["write"] = write_cpus

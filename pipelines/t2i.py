@@ -23,7 +23,7 @@ import pyarrow as pa
 import ray
 import ray.data
 
-from curation.config import CaptionConfig, ReaderConfig, RunConfig, fingerprint
+from curation.config import CaptionConfig, ReaderConfig, Resources, RunConfig, fingerprint
 from curation.io import readers, writer
 from curation.io.keys import DUPLICATE_KEY
 from curation.models.loading import check_model_paths, model_records, resolve_numerics
@@ -42,7 +42,7 @@ from curation.thumbnails import reject_thumbnail
 from pipelines import dedup
 from pipelines.preflight import check_cluster, stage_pools, with_pool_sizes
 from pipelines.ray_stages import StatsRecorder, apply_stage
-from pipelines.vllm_caption import add_vllm_caption
+from pipelines.vllm_caption import HELPER_CPUS, add_vllm_caption, engine_bundle
 
 log = logging.getLogger(__name__)
 
@@ -217,19 +217,20 @@ def fit_pools_to_cluster(config: RunConfig) -> RunConfig:
     stages = [factory() for factory in stage_factories(config)]
     if config.caption.backend == "vllm":
         stages = [stage for stage in stages if stage.name != CaptionStage.name]
-        stages.append(vllm_pool_stage(config.caption))
+        stages.extend(vllm_pool_stages(config.caption))
     pools, tasks = stage_pools(stages)
     embedded = not (config.ray.address or os.environ.get("RAY_ADDRESS"))
     sizes = check_cluster(pools, tasks, embedded=embedded, allow_autoscaling=config.ray.allow_autoscaling)
     return with_pool_sizes(config, sizes)
 
 
-def vllm_pool_stage(caption: CaptionConfig) -> SimpleNamespace:
-    """The vLLM engines as the pre-flight sees them: a fixed pool of placement groups (one bundle each),
-    plus the CPU helper stages around them (counted with the CPU tasks)."""
+def vllm_pool_stages(caption: CaptionConfig) -> list[SimpleNamespace]:
+    """The vLLM backend as the pre-flight sees it: the engines (a fixed pool of placement groups, one bundle
+    each, as ``vllm_caption.engine_bundle`` reserves them) and the one collector actor that reassembles rows."""
     res = caption.resources
-    bundle = {"CPU": 1.0, "GPU": res.num_gpus} if res.num_gpus > 0 else {"CPU": 1.0}
-    return SimpleNamespace(name="caption", uses_model=True, resources=res, placement_bundles=(bundle,))
+    engines = SimpleNamespace(name="caption", uses_model=True, resources=res, placement_bundles=(engine_bundle(res),))
+    collector = Resources(num_cpus=HELPER_CPUS, num_gpus=0, num_workers=1)
+    return [engines, SimpleNamespace(name="caption collector", uses_model=True, resources=collector, setting="")]
 
 
 class TooManyFailuresError(ValueError):

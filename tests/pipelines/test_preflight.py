@@ -178,3 +178,21 @@ def test_resolved_sizes_go_back_into_the_config():
     assert resized.caption.resources.num_workers == 3
     assert resized.caption.resources.batch_size == config.caption.resources.batch_size
     assert resized.vae == config.vae and resized.t5 == config.t5
+
+
+def test_the_vllm_backend_counts_its_engines_bundles_and_the_collector():
+    from curation.config import CaptionConfig, ModelRef, Resources
+    from pipelines.t2i import vllm_pool_stages
+
+    caption = CaptionConfig(
+        model=ModelRef(path="llava-hf/llava-1.5-7b-hf"), backend="vllm",
+        resources=Resources(num_cpus=2, num_gpus=1, num_workers=2),
+    )  # fmt: skip
+    pools, tasks = stage_pools(vllm_pool_stages(caption))
+    engines, collector = pools
+    assert engines.worker == ({"CPU": 2, "GPU": 1},) and engines.num_workers == 2
+    assert (collector.per_worker("CPU"), collector.num_workers, collector.section) == (0.25, 1, "")
+    # 2 engines × 2 CPUs + the collector + one CPU-task slot: 5.25 CPUs; 5 are not enough, and the
+    # fix is never a setting of the collector
+    assert plan(pools, DEMO_TASKS, [gpu_node(2, cpus=5.25)]) == {"caption": 2, "caption collector": 1}
+    assert refusal(pools, [gpu_node(2, cpus=5)]).endswith("--set caption.resources.num_workers=1")
