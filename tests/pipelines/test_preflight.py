@@ -188,7 +188,7 @@ def test_the_vllm_backend_counts_its_engines_bundles_and_the_collector():
         model=ModelRef(path="llava-hf/llava-1.5-7b-hf"), backend="vllm",
         resources=Resources(num_cpus=2, num_gpus=1, num_workers=2),
     )  # fmt: skip
-    pools, tasks = stage_pools(vllm_pool_stages(caption))
+    pools, _ = stage_pools(vllm_pool_stages(caption))
     engines, collector = pools
     assert engines.worker == ({"CPU": 2, "GPU": 1},) and engines.num_workers == 2
     assert (collector.per_worker("CPU"), collector.num_workers, collector.section) == (0.25, 1, "")
