@@ -30,6 +30,7 @@ from curation.records import Row, is_ok, rows_to_table
 from curation.stages.base import Stage
 from curation.stats import StageStats, summarize_idle
 from pipelines import t2i
+from pipelines.read import READ_CHUNK_ROWS
 from pipelines.t2i import stage_factories
 
 WORKER = f"{os.uname().nodename}:{os.getpid()}"
@@ -132,7 +133,7 @@ def write_rows(rows: Iterable[Row], config: RunConfig, run_id: str, stats: Stage
     index, rejects and error files. Its blocks are Arrow tables, as on Ray (the same conversions).
     """
     sink = writer.ShardSink(config.output, config.writer.samples_per_shard, run_id)
-    tables = (rows_to_table(block) for block in blocks(rows, t2i.READ_CHUNK_ROWS))
+    tables = (rows_to_table(block) for block in blocks(rows, READ_CHUNK_ROWS))
     started, start, upstream_before = time.time(), time.perf_counter(), busy_seconds(stats)
     result = sink.write(tables, SimpleNamespace(task_idx=0))
     # The sink pulls every row through the stages: its own share is the wall time minus their busy time.

@@ -11,25 +11,19 @@ import functools
 import json
 import logging
 import os
-import time
 import uuid
-from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib import metadata
 from types import SimpleNamespace
 
-import pyarrow as pa
 import ray
 import ray.data
 
-from curation.config import CaptionConfig, ReaderConfig, Resources, RunConfig, fingerprint
+from curation.config import CaptionConfig, Resources, RunConfig, fingerprint
 from curation.io import readers, writer
-from curation.io.keys import DUPLICATE_KEY
 from curation.models.loading import check_model_paths, model_records, resolve_numerics
 from curation.models.paths import ModelsOnNode, model_refs, resolve_model_paths
 from curation.models.tiny import ensure_tiny_models
-from curation.records import REJECTED, mark, rows_to_table
 from curation.stages.caption import CaptionStage
 from curation.stages.filter import FilterStage
 from curation.stages.prepare import PrepareSpec
@@ -38,53 +32,15 @@ from curation.stages.t5 import T5Stage
 from curation.stages.vae import VAEStage
 from curation.stats import summarize_idle
 from curation.terminal import worker_logs_wanted
-from curation.thumbnails import reject_thumbnail
 from pipelines import dedup
 from pipelines.preflight import check_cluster, stage_pools, with_pool_sizes
 from pipelines.ray_stages import StatsRecorder, apply_stage
+from pipelines.read import read_units
 from pipelines.vllm_caption import HELPER_CPUS, add_vllm_caption, engine_bundle
 
 log = logging.getLogger(__name__)
 
-READ_CHUNK_ROWS = 64  # rows per block out of a read task: bounds block size for tar/parquet inputs
 _PACKAGES = ("pixart-curation", "torch", "transformers", "diffusers", "ray", "webdataset", "pyarrow", "pillow")
-
-
-def read_units(
-    table: pa.Table, reader_config: ReaderConfig, max_bytes: int, finished_ref: list, recorder
-) -> Iterator[pa.Table]:
-    """Ray task: expand read units into sample rows, skipping inputs an earlier run already finished and
-    rejecting the duplicates the dedup step found (stage ``dedup``) before any other stage sees them.
-
-    Every input read is counted here, per unit, whatever becomes of it (skipped as done included), so
-    ``counts.input`` is measured independently of the outcomes.
-    """
-    finished = dedup.cached_finished(finished_ref[0])
-    for unit_json, rejections_json in zip(table["unit"].to_pylist(), table["dedup"].to_pylist(), strict=True):
-        unit, rejections = json.loads(unit_json), json.loads(rejections_json)
-        started, start = time.time(), time.perf_counter()
-        chunk, outcomes = [], Counter()
-        for position, row in enumerate(readers.iter_unit(unit, reader_config, max_bytes=max_bytes)):
-            if finished.contains(row):
-                outcomes["already_done"] += 1
-                continue
-            rejection = rejections.get(str(position))
-            if rejection and rejection[0] == row["key"]:  # the key guards against a unit that reads differently now
-                if rejection[1] != DUPLICATE_KEY:  # a copy: the report shows it beside the sample kept
-                    row["thumbnail"] = reject_thumbnail(row["image"], rejection[1])
-                mark(row, REJECTED, dedup.STAGE, rejection[1], rejection[2])
-            outcomes[row["status"]] += 1
-            chunk.append(row)
-            if len(chunk) >= READ_CHUNK_ROWS:
-                yield rows_to_table(chunk)
-                chunk = []
-        if chunk:
-            yield rows_to_table(chunk)
-        read = sum(outcomes.values())
-        recorder.record_inputs.remote(unit["unit_id"], {"input": read, "already_done": outcomes["already_done"]})
-        figures = {"rows_in": read, "rows_out": dict(outcomes), "seconds": time.perf_counter() - start}
-        figures.update(worker=f"{os.uname().nodename}:{os.getpid()}", started_at=started, ended_at=time.time())
-        recorder.record.remote("read", figures)
 
 
 def build(

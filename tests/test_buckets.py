@@ -86,6 +86,8 @@ def test_derived_tables_contain_diffusers_bins_exactly(base_size: int) -> None:
 
 def test_2048_table_is_diffusers_2048_bin() -> None:
     assert aspect_ratio_table(2048) == {k: (int(h), int(w)) for k, (h, w) in ASPECT_RATIO_2048_BIN.items()}
+    assert list(aspect_ratio_table(2048)) == list(ASPECT_RATIO_2048_BIN)  # the key order decides ties
+    assert all(float(h).is_integer() and float(w).is_integer() for h, w in ASPECT_RATIO_2048_BIN.values())
 
 
 @pytest.mark.parametrize("base_size", BASE_SIZES)
@@ -102,3 +104,16 @@ def test_table_shape_rules(base_size: int) -> None:
         assert (height * scale, width * scale) == tuple(map(int, ASPECT_RATIO_2048_BIN[key]))  # no rounding
         assert abs(height / width - float(key)) <= 0.02
         assert 0.9 * base_size**2 <= height * width <= base_size**2
+
+
+def test_bucketing_an_image_imports_neither_diffusers_nor_transformers():
+    """Every filter task and the VAE actor bucket images: the import would cost seconds per worker process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, curation.stages.filter, curation.stages.prepare, curation.stages.vae;"
+        "print(sorted(m for m in ('diffusers', 'transformers') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.strip() == "[]"
