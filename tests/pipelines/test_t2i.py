@@ -181,25 +181,3 @@ def test_missing_model_path_is_a_clear_error_before_any_work(demo_build_args, tm
     assert "no-such-vae" in capsys.readouterr().err
     assert not (tmp_path / "never-written" / "shards").exists()
 
-
-def test_two_caption_workers_and_other_blocks_write_the_same_captions(demo_output, tmp_path):
-    """Captions depend on the image only: 2 caption actors, 3-row blocks and micro-batches change nothing."""
-    out, args = demo_output
-    args = list(args)
-    args[args.index("--output") + 1] = str(tmp_path / "two-workers")
-    settings = {
-        "caption.resources.num_workers": 2,
-        "caption.resources.num_cpus": 0.5,
-        "caption.resources.rows_per_block": 3,
-        "caption.resources.batch_size": 3,
-    }
-    assert main([*args, *(f"--set={name}={value}" for name, value in settings.items())]) == 0
-    manifest = json.loads((tmp_path / "two-workers" / "manifest.json").read_text())
-    assert manifest["stages"]["caption"]["workers"] == 2
-    two = {key: json.loads(members["json"]) for key, members in _samples(tmp_path / "two-workers").items()}
-    one = {key: json.loads(members["json"]) for key, members in _samples(out).items()}
-    assert sorted(two) == sorted(one)
-    for key, meta in one.items():
-        assert two[key]["key"] == key
-        for field in ("captions", "caption_status", "caption_tokens", "caption_flags"):
-            assert two[key][field] == meta[field], (key, field)
