@@ -11,7 +11,6 @@ architectures (cost depends on the shapes, not the weights) loaded through the r
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import tempfile
 from collections.abc import Callable
@@ -123,13 +122,10 @@ ROWS: dict[str, Callable[[Context], list[dict]]] = {
 
 
 def scaling(quick: bool) -> dict[str, Any]:
-    """Per-million figures from ``pipelines.dedup.scaling_measurement`` when that module exists."""
-    try:
-        from pipelines.dedup import scaling_measurement
-    except ImportError as error:
-        return {"skipped": f"pipelines.dedup.scaling_measurement not available ({error})"}
-    kwargs = {"quick": quick} if "quick" in inspect.signature(scaling_measurement).parameters else {}
-    return scaling_measurement(**kwargs)
+    """Per-million figures of the dedup global step (``benchmarks/dedup_scaling.py`` states the method)."""
+    from benchmarks.dedup_scaling import scaling_measurement
+
+    return scaling_measurement(quick=quick)
 
 
 def table(comparisons: list[dict]) -> str:

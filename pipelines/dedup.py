@@ -406,10 +406,3 @@ def keys_can_collide(units: list[dict], reader_config: ReaderConfig) -> bool:
     """False when every input is a folder file under one root: their relative paths, hence keys, are distinct."""
     roots = {unit.get("root") for unit in units}
     return any(unit["kind"] != "folder" for unit in units) or len(roots) > 1 or bool(reader_config.key_column)
-
-
-def scaling_measurement(n: int = 100_000, quick: bool = False) -> dict:
-    """Time and memory of the global step per million inputs (``pipelines/dedup_scaling.py`` states the method)."""
-    from pipelines.dedup_scaling import measure
-
-    return measure(10_000, repeats=1) if quick else measure(n)

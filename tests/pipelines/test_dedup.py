@@ -207,8 +207,8 @@ def step_outcomes(result) -> dict[int, tuple[str, str]]:
 def test_global_step_over_partitions_and_shuffled_rows_matches_brute_force(ray_session):
     import ray.data
 
+    from benchmarks.dedup_scaling import synthetic_hashes
     from pipelines.dedup import CONTENT_SCHEMA, global_step
-    from pipelines.dedup_scaling import synthetic_hashes
 
     table = synthetic_hashes(3000, RADIUS, seed=3)
     expected = reference_rejections(table, RADIUS)

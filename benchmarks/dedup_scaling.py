@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -41,6 +40,7 @@ import pyarrow.compute as pc
 import ray
 import ray.data
 
+from benchmarks.memory import PeakPSS, tree_pss
 from curation.config import DedupConfig
 from curation.stages.hashing import HASH_SCHEMA, image_hashes
 from pipelines import dedup_groups as groups
@@ -79,64 +79,11 @@ def synthetic_hashes(n: int, radius: int = 6, seed: int = 0) -> pa.Table:
     )
 
 
-def _tree(root: int) -> list[int]:
-    """``root`` and its descendants, from /proc (Linux)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:  # exited meanwhile
-                continue
-            children.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(entry.name))
-    tree, stack = [], [root]
-    while stack:
-        tree.append(pid := stack.pop())
-        stack.extend(children.get(pid, ()))
-    return tree
-
-
-def _pss(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):  # exited, or not readable
-        pass
-    return 0
-
-
-class PeakTreePSS:
-    """Largest PSS sum over this process and its descendants while inside the ``with`` block."""
-
-    def __init__(self, interval_s: float = 0.1) -> None:
-        self.interval_s, self.peak_bytes = interval_s, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def current() -> int:
-        return sum(_pss(pid) for pid in _tree(os.getpid()))
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, self.current())
-            self._stop.wait(self.interval_s)
-
-    def __enter__(self) -> PeakTreePSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def timed_step(table: pa.Table, config: DedupConfig, partition_rows: int) -> tuple[float, float]:
     """(seconds, peak PSS growth in MiB) of one global step over ``table``."""
     dataset = ray.data.from_arrow(table).repartition(max(1, table.num_rows // 20_000)).materialize()
-    baseline = PeakTreePSS.current()
-    with PeakTreePSS() as peak:
+    baseline, _ = tree_pss(os.getpid())
+    with PeakPSS() as peak:
         start = time.perf_counter()
         global_step(dataset, CONTENT_SCHEMA.empty_table(), config, partition_rows)
         seconds = time.perf_counter() - start
@@ -182,6 +129,11 @@ def hash_pass_cpu_seconds_per_input() -> float:
     for data in photos:
         image_hashes(data)
     return (time.process_time() - start) / len(photos)
+
+
+def scaling_measurement(n: int = 100_000, quick: bool = False) -> dict:
+    """The ``scaling`` section of ``benchmarks/results.json``."""
+    return measure(10_000, repeats=1) if quick else measure(n)
 
 
 def measure(
