@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -139,6 +140,31 @@ def table(comparisons: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# The comparison rows each entry of ROWS writes, in the order results.json lists them.
+ROW_NAMES = {
+    "t5": ("t5_vs_pixart_sigma_procedure", "bytes_vs_pixart_sigma_native"),
+    "vae": ("vae_vs_one_at_a_time",),
+    "actor_cpu": ("gpu_actor_cpu_ms_per_image",),
+    "decode": ("decode_resize_vs_naive",),
+    "pipeline": ("pipeline_vs_sum_of_stages",),
+    "memory": ("peak_memory_2000_vs_200_inputs",),
+    "caption": ("caption_vs_per_image_loop",),
+}
+
+
+def kept_rows(previous: dict, rerun: list[str]) -> dict:
+    """An earlier results.json without the rows about to be measured again."""
+    names = {name for entry in rerun for name in ROW_NAMES[entry]}
+    previous["comparisons"] = [row for row in previous["comparisons"] if row["name"] not in names]
+    previous["rows"] = {entry: load for entry, load in previous.get("rows", {}).items() if entry not in rerun}
+    return previous
+
+
+def in_row_order(comparisons: list[dict]) -> list[dict]:
+    order = [name for names in ROW_NAMES.values() for name in names]
+    return sorted(comparisons, key=lambda row: order.index(row["name"]) if row["name"] in order else len(order))
+
+
 def write(results: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=_plain) + "\n")
@@ -160,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="cpu", help="model device for the T5 and VAE rows (cpu | cuda)")
     parser.add_argument("--only", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)}")
+    parser.add_argument(
+        "--rerun", action="store_true", help="with --only: replace those rows in an existing --out, keep the others"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)  # one setting for both sides of every comparison
     from curation.models.tiny import ensure_tiny_models
@@ -174,11 +203,14 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1min": {"start": load_average()},
         "rows": {},
     }
+    names = args.only.split(",")
+    if args.rerun and out.exists():
+        results = kept_rows(json.loads(out.read_text()), names)
     with tempfile.TemporaryDirectory() as tmp:
         context = Context(QUICK if args.quick else FULL, args.quick, args.device, Path(tmp))
-        for name in args.only.split(","):
+        for name in names:
             rows, load = with_load(ROWS[name], context)
-            results["comparisons"].extend(rows)
+            results["comparisons"] = in_row_order(results["comparisons"] + rows)
             results["rows"][name] = load
             for row in rows:
                 print(
@@ -187,10 +219,12 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
             write(results, out)
-    results["scaling"] = scaling(args.quick)
+    if not (args.rerun and results["scaling"]):
+        results["scaling"] = scaling(args.quick)
     results["load_average_1min"]["end"] = load_average()
     rows = results["rows"].items()
-    busy = [name for name, load in rows if max(load["load_before"], load["load_after"]) > 1.5 * args.threads]
+    # The bench's own Ray rows keep a few processes busy: warn beyond what it makes itself.
+    busy = [name for name, load in rows if max(load["load_before"], load["load_after"]) > 2 * (os.cpu_count() or 1)]
     results["machine_loaded_during"] = busy
     if busy:
         print(f"WARNING: the machine was loaded by other processes during {busy}: timings are noisy")
