@@ -28,6 +28,7 @@ from curation.io.layout import atomic_write, filesystem, npy_bytes, read_manifes
 from curation.models.loading import check_model_paths
 from curation.pixart.embed_files import EMBEDDINGS_DIR, null_embed_name, write_null_embed, write_prompt_embed
 from curation.stages.t5 import T5Stage
+from curation.terminal import progress
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,19 @@ def embed_prompts(t5_config: T5Config, prompts: list[str], out: str | Path, fall
     return {**summary, "folder": out}
 
 
+def _encode_with_progress(stage: T5Stage, texts: list[str]) -> list:
+    """``stage.encode`` in chunks of its micro-batch, with a progress bar (a prompt file can be long)."""
+    size = stage.resources.batch_size
+    chunks = [texts[start : start + size] for start in range(0, len(texts), size)]
+    return [item for chunk in progress(chunks, desc="embed-prompts", unit="batch") for item in stage.encode(chunk)]
+
+
 def _write_embeddings(t5_config: T5Config, prompts: list[str], staging: Path, out: str) -> dict:
     (staging / "tmp").mkdir()
     stage = T5Stage(t5_config)
     stage.setup()
     texts = ["", *prompts]
-    encoded = stage.encode(texts)
+    encoded = _encode_with_progress(stage, texts)
     length = t5_config.max_length
     keys = [NULL_KEY] + [f"prompt-{i:04d}" for i in range(len(prompts))]
     with open(staging / "prompts.tar", "wb") as file:
