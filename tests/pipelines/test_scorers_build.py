@@ -8,7 +8,6 @@ import io
 import json
 import math
 import statistics
-import tarfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -17,6 +16,7 @@ from PIL import Image
 
 from curation.cli import main
 from curation.config import AESTHETIC_WEIGHTS_FILE
+from tests.dataset_compare import dataset_contents
 
 SCORED = ("aesthetic", "nsfw", "watermark")
 
@@ -46,15 +46,8 @@ def table(output: Path, folder: str) -> list[dict]:
     return [row for path in sorted((output / folder).glob("*.parquet")) for row in pq.read_table(path).to_pylist()]
 
 
-def sample_json(output: Path) -> dict[str, dict]:
-    samples = {}
-    for shard in sorted((output / "shards").glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            for member in tar.getmembers():
-                if member.name.endswith(".json"):
-                    meta = json.loads(tar.extractfile(member).read())
-                    samples[meta["key"]] = meta
-    return samples
+def sample_json(dataset: Path) -> dict[str, dict]:
+    return {key: sample["json"] for key, sample in dataset_contents(dataset).items()}
 
 
 @pytest.fixture(scope="module")

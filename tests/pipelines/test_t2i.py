@@ -180,4 +180,3 @@ def test_missing_model_path_is_a_clear_error_before_any_work(demo_build_args, tm
     assert main([*args, "--set", f"vae.model.path={tmp_path}/no-such-vae"]) == 2
     assert "no-such-vae" in capsys.readouterr().err
     assert not (tmp_path / "never-written" / "shards").exists()
-

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from curation.cli import main
+from tests.dataset_compare import dataset_contents
 
 
 def vllm_installed() -> bool:
@@ -26,14 +26,7 @@ CAPTION_FIELDS = ("captions", "caption_status", "caption_tokens", "caption_flags
 
 
 def sample_json(dataset: Path) -> dict[str, dict]:
-    samples = {}
-    for shard in sorted((dataset / "shards").glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            for member in tar.getmembers():
-                if member.name.endswith(".json"):
-                    meta = json.loads(tar.extractfile(member).read())
-                    samples[meta["key"]] = meta
-    return samples
+    return {key: sample["json"] for key, sample in dataset_contents(dataset).items()}
 
 
 def test_the_demo_built_with_vllm_has_the_hf_demos_captions(demo_dataset, demo_build_args, tmp_path):
