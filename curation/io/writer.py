@@ -246,6 +246,10 @@ class ShardSink(Datasink[dict[str, Any]]):
         return self.samples_per_shard
 
     def write(self, blocks: Iterable[Block], ctx: TaskContext) -> dict[str, Any]:
+        setup_start = time.perf_counter()
+        import webdataset.writer  # noqa: F401  (imports torch: set-up of a fresh worker, not the writing)
+
+        setup = time.perf_counter() - setup_start
         started, start = time.time(), time.perf_counter()
         waited = [0.0]  # seconds spent waiting for upstream blocks: not the writer's work
         result = self._write(_timed(blocks, waited), ctx)
@@ -253,6 +257,7 @@ class ShardSink(Datasink[dict[str, Any]]):
             out = {"ok": result["written"], "rejected": result["rejected"], "failed": result["failed"]}
             busy = time.perf_counter() - start - waited[0]
             figures = {"rows_in": sum(out.values()), "rows_out": out, "seconds": busy, "waited_seconds": waited[0]}
+            figures["setup_seconds"] = setup
             figures["worker"] = f"{os.uname().nodename}:{os.getpid()}"
             self.recorder.record.remote("write", {**figures, "started_at": started, "ended_at": time.time()})
         return result
