@@ -40,7 +40,7 @@ class Sizes:
 
 
 FULL = Sizes(
-    repeats=3, captions=128, vae_images=6, decode_images=4, actor_images=6, pipeline_inputs=600,
+    repeats=3, captions=128, vae_images=6, decode_images=4, actor_images=6, pipeline_inputs=1200,
     pipeline_repeats=1, memory_inputs=(200, 2000), caption_images=32,
 )  # fmt: skip
 QUICK = Sizes(
