@@ -83,7 +83,7 @@ def test_peak_pss_counts_a_child_process() -> None:
 def test_quick_bench_writes_every_row_with_equivalent_sides(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out)], cwd=ROOT, check=True, timeout=300
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out)], cwd=ROOT, check=True, timeout=600
     )
     results = json.loads(out.read_text())
 
