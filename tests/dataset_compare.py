@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
 
@@ -22,3 +23,20 @@ def dataset_contents(dataset: Path) -> dict[str, dict[str, object]]:
         row["source"] = Path(row["source"]).name
         samples[row["key"]]["index"] = row
     return samples
+
+
+def shard_members(dataset: Path) -> dict[str, dict[str, bytes]]:
+    """{key: {member extension: bytes}} over every shard, read with plain ``tarfile``; no member twice."""
+    found: dict[str, dict[str, bytes]] = {}
+    for shard in sorted((dataset / "shards").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                key, _, ext = member.name.partition(".")
+                assert ext not in found.get(key, {}), f"{member.name} written twice"
+                found.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return found
+
+
+def sample_json(dataset: Path) -> dict[str, dict]:
+    """{key: the sample's json} over every shard."""
+    return {key: json.loads(members["json"]) for key, members in shard_members(dataset).items()}

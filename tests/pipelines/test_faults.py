@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from curation.io.writer import OutputConflictError, finalize, prepare_output, re
 from curation.models.loading import provenance
 from curation.verify import verify_dataset
 from pipelines.t2i import TooManyFailuresError, check_failures
+from tests.dataset_compare import shard_members
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs/demo.yaml"
@@ -121,20 +121,8 @@ def clean(build_args, tmp_path_factory: pytest.TempPathFactory, ray_session) -> 
     return out
 
 
-def samples(out: Path) -> dict[str, dict[str, bytes]]:
-    """{key: {member extension: bytes}} over every shard."""
-    found: dict[str, dict[str, bytes]] = {}
-    for shard in sorted((out / "shards").glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            for member in tar.getmembers():
-                key, _, ext = member.name.partition(".")
-                assert ext not in found.get(key, {}), f"{member.name} written twice"
-                found.setdefault(key, {})[ext] = tar.extractfile(member).read()
-    return found
-
-
 def assert_same_dataset(out: Path, clean: Path) -> None:
-    got, want = samples(out), samples(clean)
+    got, want = shard_members(out), shard_members(clean)
     assert sorted(got) == sorted(want)
     differing = {key: [ext for ext in want[key] if got[key].get(ext) != want[key][ext]] for key in want}
     assert {key: exts for key, exts in differing.items() if exts} == {}
@@ -153,7 +141,7 @@ def test_clean_build_records_the_resolved_numerics(clean: Path) -> None:
         assert manifest["stages"][name]["dtype"] == "float32"
     assert manifest["config"]["vae"]["model"]["dtype"] == "auto"  # the recipe as given
     assert manifest["config"]["run"] == {"max_failed_fraction": 0.05}
-    assert len(samples(clean)) == WRITTEN
+    assert len(shard_members(clean)) == WRITTEN
 
 
 # ---------------------------------------------------------------- max_failed_fraction
@@ -171,7 +159,7 @@ def test_failures_above_the_fraction_write_everything_then_exit_non_zero(
     AutoencoderKL.from_config(config).save_pretrained(broken / "vae")
     out = tmp_path / "out"
     args = build_args(out, f"vae.model.path={broken}")
-    expected_failed = sorted(samples(clean))  # every image that passes the filter fails in the VAE
+    expected_failed = sorted(shard_members(clean))  # every image that passes the filter fails in the VAE
 
     assert main(args) == 2
     error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("curate build:")]

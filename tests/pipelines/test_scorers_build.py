@@ -16,7 +16,7 @@ from PIL import Image
 
 from curation.cli import main
 from curation.config import AESTHETIC_WEIGHTS_FILE
-from tests.dataset_compare import dataset_contents
+from tests.dataset_compare import sample_json
 
 SCORED = ("aesthetic", "nsfw", "watermark")
 
@@ -44,10 +44,6 @@ def build(demo_build_args: list[str], tiny_models: Path, output: Path, *extra: s
 
 def table(output: Path, folder: str) -> list[dict]:
     return [row for path in sorted((output / folder).glob("*.parquet")) for row in pq.read_table(path).to_pylist()]
-
-
-def sample_json(dataset: Path) -> dict[str, dict]:
-    return {key: sample["json"] for key, sample in dataset_contents(dataset).items()}
 
 
 @pytest.fixture(scope="module")

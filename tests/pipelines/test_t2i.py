@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from PIL import Image
 from curation.caption_quality import FLAGS
 from curation.cli import main
 from curation.io.layout import load_npy
+from tests.dataset_compare import shard_members
 
 ROOT = Path(__file__).resolve().parents[2]
 JSON_FIELDS = {
@@ -41,17 +41,6 @@ JSON_FIELDS = {
 @pytest.fixture(scope="module")
 def demo_output(demo_dataset, demo_build_args):
     return demo_dataset, demo_build_args
-
-
-def _samples(out: Path) -> dict[str, dict[str, bytes]]:
-    samples: dict[str, dict[str, bytes]] = {}
-    for shard in sorted((out / "shards").glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            for member in tar.getmembers():
-                key, _, ext = member.name.partition(".")
-                assert key not in samples or ext not in samples[key], f"duplicate member {member.name}"
-                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
-    return samples
 
 
 def _table(folder: Path):
@@ -102,7 +91,7 @@ def test_every_demo_input_has_its_exact_outcome(demo_output):
 
 def test_shards_hold_every_contract_field(demo_output):
     out, _ = demo_output
-    samples = _samples(out)
+    samples = shard_members(out)
     index = {row["key"]: row for row in _table(out / "index")}
     assert set(samples) == set(index)
     for key, members in samples.items():

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from curation.cli import main
-from tests.dataset_compare import dataset_contents
+from tests.dataset_compare import sample_json
 
 
 def vllm_installed() -> bool:
@@ -23,10 +22,6 @@ pytestmark = [
     pytest.mark.timeout(900),
 ]
 CAPTION_FIELDS = ("captions", "caption_status", "caption_tokens", "caption_flags", "t5_tokens")
-
-
-def sample_json(dataset: Path) -> dict[str, dict]:
-    return {key: sample["json"] for key, sample in dataset_contents(dataset).items()}
 
 
 def test_the_demo_built_with_vllm_has_the_hf_demos_captions(demo_dataset, demo_build_args, tmp_path):
