@@ -175,11 +175,11 @@ def _add_pixart(commands) -> None:
     commands.choices["sample"].set_defaults(handler=_sample)
 
 
-def _add_tools(commands) -> None:
-    verify = commands.add_parser("verify", help="check a dataset's integrity (non-zero exit on failure)")
-    verify.add_argument("dataset")
-    verify.add_argument("--fraction", type=float, default=1.0, help="share of shards to open")
-    verify.add_argument(
+def verify_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``curate verify`` (also ``python -m curation.verify``)."""
+    parser.add_argument("dataset")
+    parser.add_argument("--fraction", type=float, default=1.0, help="share of shards whose tars are read")
+    parser.add_argument(
         "--recompute",
         type=float,
         default=0.0,
@@ -187,7 +187,12 @@ def _add_tools(commands) -> None:
         help="re-encode the T5 features and VAE latents of a random fraction F of samples with the manifest's "
         "models (CPU, float32) and compare within a tolerance: catches features of another sample",
     )
-    verify.add_argument("--seed", type=int, default=0, help="seed of the shard and sample choices")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shard and sample choices")
+
+
+def _add_tools(commands) -> None:
+    verify = commands.add_parser("verify", help="check a dataset's integrity (non-zero exit on failure)")
+    verify_arguments(verify)
     verify.set_defaults(handler=_verify)
     report = commands.add_parser("report", help="write DATASET/report/index.html")
     report.add_argument("dataset")

@@ -277,18 +277,10 @@ def run(path: str, fraction: float = 1.0, seed: int = 0, recompute: float = 0.0)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from curation.cli import verify_arguments
+
     parser = argparse.ArgumentParser(prog="curate verify", description=__doc__.splitlines()[0])
-    parser.add_argument("dataset")
-    parser.add_argument("--fraction", type=float, default=1.0, help="fraction of shards whose tars are read")
-    parser.add_argument(
-        "--recompute",
-        type=float,
-        default=0.0,
-        metavar="F",
-        help="re-encode the T5 features and VAE latents of a random fraction F of samples with the manifest's "
-        "models (CPU, float32) and compare: catches features that belong to another sample",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the shard and sample choices")
+    verify_arguments(parser)
     args = parser.parse_args(argv)
     return run(args.dataset, args.fraction, args.seed, args.recompute)
 
