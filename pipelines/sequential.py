@@ -33,7 +33,7 @@ from pipelines import t2i
 from pipelines.read import READ_CHUNK_ROWS
 from pipelines.t2i import stage_factories
 
-WORKER = f"{os.uname().nodename}:{os.getpid()}"
+WORKER = f"{os.uname().nodename}:{os.getpid()}"  # as the Ray adapter names a worker
 
 
 def run(config: RunConfig, overwrite: bool = False) -> dict:
@@ -130,18 +130,10 @@ def run_stage(stage: Stage, rows: Iterable[Row], stats: StageStats) -> Iterator[
 
 def write_rows(rows: Iterable[Row], config: RunConfig, run_id: str, stats: StageStats) -> None:
     """The rows through the Ray pipeline's own ``ShardSink.write`` (as one write task): the same shards,
-    index, rejects and error files. Its blocks are Arrow tables, as on Ray (the same conversions).
+    index, rejects and error files. Its blocks are Arrow tables, as on Ray (the same conversions). The sink
+    records its figures as on Ray; the time it waits for blocks (the stages computing them) is not its own.
     """
-    sink = writer.ShardSink(config.output, config.writer.samples_per_shard, run_id)
+    recorder = SimpleNamespace(record=SimpleNamespace(remote=stats.record))  # a StatsRecorder handle's shape
+    sink = writer.ShardSink(config.output, config.writer.samples_per_shard, run_id, recorder)
     tables = (rows_to_table(block) for block in blocks(rows, READ_CHUNK_ROWS))
-    started, start, upstream_before = time.time(), time.perf_counter(), busy_seconds(stats)
-    result = sink.write(tables, SimpleNamespace(task_idx=0))
-    # The sink pulls every row through the stages: its own share is the wall time minus their busy time.
-    seconds = time.perf_counter() - start - (busy_seconds(stats) - upstream_before)
-    out = {"ok": result["written"], "rejected": result["rejected"], "failed": result["failed"]}
-    figures = {"rows_in": sum(out.values()), "rows_out": out, "seconds": seconds, "worker": WORKER}
-    stats.record("write", figures | {"started_at": started, "ended_at": time.time()})
-
-
-def busy_seconds(stats: StageStats) -> float:
-    return sum(stage["seconds"] for stage in stats.snapshot()["stages"].values())
+    sink.write(tables, SimpleNamespace(task_idx=0))

@@ -301,12 +301,10 @@ def _timed(blocks: Iterable[Block], waited: list[float]) -> Iterator[Block]:
     iterator = iter(blocks)
     while True:
         start = time.perf_counter()
-        try:
-            block = next(iterator)
-        except StopIteration:
-            waited[0] += time.perf_counter() - start
-            return
+        block = next(iterator, None)  # a block is a table, never None
         waited[0] += time.perf_counter() - start
+        if block is None:
+            return
         yield block
 
 
