@@ -25,6 +25,7 @@ import torch
 from benchmarks.common import ProcessSide, alternate, comparison
 from benchmarks.inputs import mosaic
 from curation.config import ModelRef, Resources, VAEConfig
+from curation.models.winograd import nnpack_available
 from curation.records import Row, get_pixels, new_row
 from curation.stages.prepare import PrepareSpec
 from curation.stages.vae import VAEStage, normalise
@@ -42,8 +43,10 @@ IMAGE_SIZES = ((320, 320), (288, 432), (432, 288))  # (h, w) → 256-table bucke
 # bits (other convolution algorithms for another memory format or batch size): 2 float16 ulps at |x| <= 4.
 LATENT_ATOL = 2e-3 * 4
 ACTOR_THREADS = 1  # a Ray VAE actor with num_cpus <= 1 runs with OMP_NUM_THREADS=1
-# The bench row's CPU setting, from the sweep on this machine (2 threads: channels_last bs1 1.21-1.25x, bs3
-# 1.10x, contiguous 1.02-1.08x; 1 thread: channels_last bs1 1.09x): an actor given 2 CPUs, micro-batch 1.
+# The bench row's CPU setting: an actor given 2 CPUs running the stage's CPU defaults (Winograd convolutions,
+# one single-threaded image per thread). `--sweep --threads 2` on this machine (CPU time vs one at a time):
+# winograd_image_parallel 1.85x, winograd_bs1 1.43x (NNPACK's own 2 threads), direct convolutions 0.85-1.02x
+# (contiguous or channels_last, batched or one image per thread); batches > 1 never faster on CPU.
 CPU_THREADS = 2
 CPU_BATCH_SIZE = 1
 
@@ -95,12 +98,13 @@ def stage_latents(stage: VAEStage, rows: list[Row]) -> list[np.ndarray]:
     return [np.load(io.BytesIO(row["vae"]), allow_pickle=False) for row in copies]
 
 
-def vae_stage(model_dir: Path, batch_size: int, channels_last: bool, device: str) -> VAEStage:
+def vae_stage(model_dir: Path, device: str, batch_size: int, **settings) -> VAEStage:
+    """``VAEStage`` set up on the bench's 256 table; ``settings``: other ``VAEConfig`` fields (CPU knobs)."""
     config = VAEConfig(
         model=ModelRef(path=str(model_dir), device=device, dtype="float32"),
         aspect_ratios=256,
         resources=Resources(batch_size=batch_size, num_gpus=0),
-        channels_last=channels_last,
+        **settings,
     )
     stage = VAEStage(config)
     stage.setup()
@@ -116,13 +120,10 @@ def baseline_side(model_dir: Path, rows: list[Row], device: str) -> Callable[[],
 
 
 def stage_side(
-    model_dir: Path, rows: list[Row], device: str, batch_size: int | None = None, channels_last: bool | None = None
+    model_dir: Path, rows: list[Row], device: str, batch_size: int = CPU_BATCH_SIZE, **settings
 ) -> Callable[[], list[np.ndarray]]:
-    """``VAEStage`` as a VAE actor holds it: its own process, ``setup()`` once; defaults unless given."""
-    defaults = VAEConfig(model=ModelRef(path=str(model_dir)))
-    batch_size = defaults.resources.batch_size if batch_size is None else batch_size
-    channels_last = defaults.channels_last if channels_last is None else channels_last
-    return functools.partial(stage_latents, vae_stage(model_dir, batch_size, channels_last, device), rows)
+    """``VAEStage`` as a VAE actor holds it: its own process, ``setup()`` once; config defaults unless given."""
+    return functools.partial(stage_latents, vae_stage(model_dir, device, batch_size, **settings), rows)
 
 
 def run_sides(builds: dict[str, Callable], repeats: int, threads: int) -> tuple[dict, dict, dict]:
@@ -150,14 +151,18 @@ def bench_vae(
     threads: int = CPU_THREADS,
     batch_size: int = CPU_BATCH_SIZE,
 ) -> dict:
-    """``vae_vs_one_at_a_time``: the stage as a CPU run configures it (channels_last, ``batch_size``) vs one at
-    a time; on a GPU pass the GPU micro-batch."""
-    channels_last = VAEConfig(model=ModelRef(path=str(model_dir))).channels_last
+    """``vae_vs_one_at_a_time``: the stage as a CPU run configures it (its defaults: Winograd convolutions, one
+    image per thread) vs one at a time; on a GPU (where the stage batches) pass the GPU micro-batch."""
+    defaults = VAEConfig(model=ModelRef(path=str(model_dir)))
+    on_cpu = device == "cpu"
+    channels_last, image_parallel = defaults.channels_last, defaults.cpu_image_parallel and on_cpu
+    winograd = defaults.cpu_winograd and on_cpu and nnpack_available()
+    channels_last = channels_last and not winograd
     rows = bucket_rows(images)
     seconds, runs, outputs = run_sides(
         {
             "one_at_a_time": functools.partial(baseline_side, model_dir, rows, device),
-            "ours": functools.partial(stage_side, model_dir, rows, device, batch_size, channels_last),
+            "ours": functools.partial(stage_side, model_dir, rows, device, batch_size),
         },
         repeats,
         threads,
@@ -177,31 +182,58 @@ def bench_vae(
             f"architecture, fp32, {device}, {threads} torch threads on both sides (a CPU VAE actor given "
             f"num_cpus={threads}; PixArt's script uses every core by default), each side in its own process (as "
             f"deployed), both from the same prepared uint8 bucket crops. Baseline: PixArt-Sigma's multi-scale "
-            f"extractor procedure (model as loaded, batch size 1). Ours: VAEStage.setup + process_rows with "
-            f"channels_last={channels_last} and micro-batch {batch_size} (the CPU setting: on CPU larger batches "
-            f"only add memory traffic, see `python -m benchmarks.vae --sweep`). Same float16 latents: max |diff| "
-            f"{diff:.1e} (<= {LATENT_ATOL:g})."
+            f"extractor procedure (model as loaded, batch size 1, every operator over the {threads} threads). "
+            f"Ours: VAEStage.setup + process_rows with its CPU defaults: "
+            + (
+                "3x3 convolutions through NNPACK's Winograd transform (cpu_winograd; NCHW), "
+                if winograd
+                else f"channels_last={channels_last}, "
+            )
+            + (
+                f"{threads} images at once, one single-threaded encode per thread (cpu_image_parallel: no barrier "
+                f"after each operator)"
+                if image_parallel
+                else f"micro-batch {batch_size}"
+            )
+            + f"; see `python -m benchmarks.vae --sweep`. Same float16 latents: max |diff| {diff:.1e} "
+            f"(<= {LATENT_ATOL:g})."
         ),
         images=images,
         buckets=buckets,
         batch_size=batch_size,
         channels_last=channels_last,
+        image_parallel=image_parallel,
+        winograd=winograd,
         threads=threads,
         runs=runs,
         max_abs_diff=diff,
     )
 
 
+def sweep_settings(several_threads: bool) -> dict[str, dict]:
+    """The CPU configurations the stage can take: convolution method x memory layout x how images share cores."""
+    settings = {}
+    for method, layouts in (("winograd", [False]), ("direct", [False, True])):
+        for channels_last in layouts:
+            name = method if method == "winograd" else ("channels_last" if channels_last else "contiguous")
+            base = dict(cpu_winograd=method == "winograd", channels_last=channels_last)
+            settings[name] = dict(base, cpu_image_parallel=False)
+            if several_threads:
+                settings[f"{name}_image_parallel"] = dict(base, cpu_image_parallel=True)
+    return settings
+
+
 def sweep(
     model_dir: Path, images: int, repeats: int, batch_sizes: list[int], threads: int, square: bool, device: str = "cpu"
 ) -> dict:
-    """Per-image seconds of every (memory format, micro-batch) against the one-at-a-time baseline, same run."""
+    """Per-image seconds of every (memory format, micro-batch or one image per thread) against the
+    one-at-a-time baseline, same run."""
     rows = bucket_rows(images, square=square)
     builds = {"one_at_a_time": functools.partial(baseline_side, model_dir, rows, device)}
-    for channels_last in (False, True):
-        for batch_size in batch_sizes:
-            name = f"{'channels_last' if channels_last else 'contiguous'}_bs{batch_size}"
-            builds[name] = functools.partial(stage_side, model_dir, rows, device, batch_size, channels_last)
+    for name, settings in sweep_settings(threads > 1).items():
+        for batch_size in [1] if settings.get("cpu_image_parallel") else batch_sizes:
+            side = f"{name}_bs{batch_size}" if not settings.get("cpu_image_parallel") else name
+            builds[side] = functools.partial(stage_side, model_dir, rows, device, batch_size, **settings)
     seconds, runs, outputs = run_sides(builds, repeats, threads)
     reference = outputs["one_at_a_time"]
     wall = {name: statistics.median(r["wall"]) for name, r in runs.items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
 import numpy as np
@@ -16,9 +17,10 @@ import torch
 
 from curation.config import VAEConfig
 from curation.io.layout import npy_bytes
+from curation.models.winograd import use_winograd_convolutions
 from curation.models.wrappers import load_pretrained
 from curation.records import Row, drop_pixels, get_pixels
-from curation.stages.base import Stage
+from curation.stages.base import Stage, mark_error
 from curation.stages.prepare import bucket_crop, center_crop_box, cover_size  # noqa: F401  (re-exported)
 
 
@@ -55,16 +57,35 @@ class VAEStage(Stage):
         self.device = torch.device("cpu")
         self.dtype = torch.float32
         self.channels_last = config.channels_last
+        self.image_threads: ThreadPoolExecutor | None = None
+        self.winograd_layers = 0
 
     def setup(self) -> None:
         from diffusers import AutoencoderKL
 
         # "auto" is bf16 on CUDA: the SDXL VAE overflows in fp16 unless the user picks an fp16-fixed one.
         self.vae, self.device, self.dtype = load_pretrained(AutoencoderKL, self.config.model)
+        if self.device.type == "cpu" and self.dtype == torch.float32 and self.config.cpu_winograd:
+            self.winograd_layers = use_winograd_convolutions(self.vae.encoder)
+        self.channels_last = self.config.channels_last and not self.winograd_layers  # NNPACK reads NCHW
         if self.channels_last:
             self.vae.to(memory_format=torch.channels_last)
         if self.config.compile:
             self.vae.encoder = torch.compile(self.vae.encoder, dynamic=True)
+        self.image_threads = self._cpu_image_threads()
+
+    def _cpu_image_threads(self) -> ThreadPoolExecutor | None:
+        """On CPU, one single-threaded encode per torch thread: a 2-core actor then encodes 2 images at once.
+
+        Splitting every convolution over the cores costs a barrier (and spinning) after each operator; whole
+        images per core do not (measured in ``benchmarks/vae.py``). ``torch.set_num_threads`` in each pool
+        thread sets that thread's OpenMP team size to 1; the calling thread keeps its own."""
+        threads = torch.get_num_threads()
+        if self.device.type != "cpu" or not self.config.cpu_image_parallel or threads < 2:
+            return None
+        return ThreadPoolExecutor(
+            threads, thread_name_prefix="vae-image", initializer=torch.set_num_threads, initargs=(1,)
+        )
 
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         """[B, 3, h, w] in [-1, 1] → float16 [B, 8, h/8, w/8]: posterior mean (0-3) ‖ std (4-7), unscaled."""
@@ -82,26 +103,53 @@ class VAEStage(Stage):
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         return self._encode(normalise(batch).to(self.dtype))
 
-    @torch.inference_mode()
     def _encode(self, pixels: torch.Tensor) -> np.ndarray:
-        layout = torch.channels_last if self.channels_last else torch.contiguous_format
-        pixels = pixels.contiguous(memory_format=layout)
         started = time.perf_counter()
-        posterior = self.vae.encode(pixels).latent_dist
-        moments = torch.cat([posterior.mean, posterior.std], dim=1).float().cpu().numpy().astype(np.float16)
+        moments = self._moments(pixels)
         self.metrics.add_model_time(time.perf_counter() - started, self._flops(pixels))
         return moments
+
+    @torch.inference_mode()
+    def _moments(self, pixels: torch.Tensor) -> np.ndarray:
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        posterior = self.vae.encode(pixels.contiguous(memory_format=layout)).latent_dist
+        return torch.cat([posterior.mean, posterior.std], dim=1).float().cpu().numpy().astype(np.float16)
 
     def _flops(self, pixels: torch.Tensor) -> float | None:
         return self.metrics.count_flops(lambda: vae_flops(self.vae.config, pixels.shape))
 
     def process_rows(self, rows: list[Row]) -> None:
+        if self.vae is None:
+            self.setup()
+        if self.image_threads is None:
+            self._encode_batches(rows)
+        else:
+            self._encode_images_in_parallel(rows)
+        for row in rows:
+            drop_pixels(row, "vae")
+
+    def _encode_batches(self, rows: list[Row]) -> None:
         batch_size = self.resources.batch_size
         for same_shape in group_by_bucket(rows).values():
             for start in range(0, len(same_shape), batch_size):
                 self.isolate_failures(same_shape[start : start + batch_size], self._encode_rows)
-        for row in rows:
-            drop_pixels(row, "vae")
+
+    def _encode_images_in_parallel(self, rows: list[Row]) -> None:
+        """The CPU path: images spread over the pool's threads; one model-time record for the whole pass."""
+        started = time.perf_counter()
+        flops = list(self.image_threads.map(self._encode_alone, rows))
+        known = None if None in flops else sum(flops)
+        self.metrics.add_model_time(time.perf_counter() - started, known)
+
+    def _encode_alone(self, row: Row) -> float | None:
+        """Encode one row in a pool thread; returns its FLOPs (0 if it failed, marked on the row)."""
+        try:
+            pixels = normalise(torch.from_numpy(np.stack([self._bucket_input(row)]))).to(self.dtype)
+            row["vae"] = npy_bytes(self._moments(pixels)[0])
+        except Exception as error:  # one bad sample must not end the job
+            mark_error(row, self.name, error)
+            return 0.0
+        return self.metrics.count_flops(lambda: vae_flops(self.vae.config, pixels.shape))
 
     def _encode_rows(self, rows: list[Row]) -> None:
         """One ``vae.encode`` call for rows that all share a bucket."""

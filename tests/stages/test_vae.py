@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from curation.config import ModelRef, Resources, VAEConfig
 from curation.io.layout import load_npy
 from curation.records import FAILED, OK, new_row, put_pixels
 from curation.stages.prepare import bucket_crop
-from curation.stages.vae import VAEStage, bucket_pixels, center_crop_box, cover_size
+from curation.stages.vae import VAEStage, bucket_pixels, center_crop_box, cover_size, vae_flops
 
 BASE_SIZE = 256
 # Stored float16 vs the fp32 one-image reference: fp16 rounding is < 2**-11 relative, batching ~1e-6.
@@ -48,21 +49,68 @@ def normalised(image: Image.Image) -> np.ndarray:
     return (np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255 - 0.5) / 0.5
 
 
-@pytest.fixture(scope="module")
-def stage(tiny_models: Path) -> VAEStage:
-    config = VAEConfig(
+def vae_config(tiny_models: Path, image_parallel: bool, winograd: bool = True) -> VAEConfig:
+    return VAEConfig(
         model=ModelRef(path=str(tiny_models / "pixart_sigma"), subfolder="vae", device="cpu", dtype="float32"),
         resources=Resources(batch_size=2),
         aspect_ratios=BASE_SIZE,
+        cpu_image_parallel=image_parallel,
+        cpu_winograd=winograd,
     )
-    vae = VAEStage(config)
+
+
+@pytest.fixture(scope="module")
+def reference_vae(tiny_models: Path):
+    """The same weights as diffusers loads them, untouched by the stage (direct convolutions, NCHW)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(tiny_models / "pixart_sigma", subfolder="vae").eval()
+
+
+@pytest.fixture(scope="module")
+def stage(tiny_models: Path) -> VAEStage:
+    """The batched path (what a GPU actor runs), on CPU, with the CPU's Winograd convolutions."""
+    vae = VAEStage(vae_config(tiny_models, image_parallel=False))
+    vae.setup()
+    assert vae.image_threads is None
+    return vae
+
+
+@pytest.fixture(scope="module")
+def direct_stage(tiny_models: Path) -> VAEStage:
+    """The batched path with oneDNN's direct convolutions, channels_last (cpu_winograd off)."""
+    vae = VAEStage(vae_config(tiny_models, image_parallel=False, winograd=False))
     vae.setup()
     return vae
 
 
+@pytest.fixture(params=["winograd", "direct"])
+def batched_stage(request) -> VAEStage:
+    return request.getfixturevalue("stage" if request.param == "winograd" else "direct_stage")
+
+
+@pytest.fixture(scope="module")
+def parallel_stage(tiny_models: Path) -> VAEStage:
+    """The CPU path of an actor with 2 torch threads: one single-threaded encode per thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        vae = VAEStage(vae_config(tiny_models, image_parallel=True))
+        vae.setup()
+    finally:
+        torch.set_num_threads(threads)
+    assert vae.image_threads is not None and vae.image_threads._max_workers == 2
+    return vae
+
+
+@pytest.fixture(params=["stage", "direct_stage", "parallel_stage"])
+def any_stage(request) -> VAEStage:
+    return request.getfixturevalue(request.param)
+
+
 @torch.inference_mode()
-def one_image_reference(stage: VAEStage, image: Image.Image, bucket_hw: tuple[int, int]) -> np.ndarray:
-    posterior = stage.vae.encode(bucket_pixels(image, bucket_hw)[None]).latent_dist
+def one_image_reference(vae, image: Image.Image, bucket_hw: tuple[int, int]) -> np.ndarray:
+    posterior = vae.encode(bucket_pixels(image, bucket_hw)[None].contiguous()).latent_dist
     return torch.cat([posterior.mean, posterior.std], dim=1)[0].numpy()
 
 
@@ -135,13 +183,16 @@ def test_every_bucket_gets_its_exact_size_from_many_image_sizes() -> None:
 # --- latents ----------------------------------------------------------------------------------------
 
 
-def test_batched_latents_equal_one_image_encodes_across_three_buckets(stage: VAEStage, monkeypatch) -> None:
+def test_batched_latents_equal_one_image_encodes_across_three_buckets(
+    batched_stage: VAEStage, reference_vae, monkeypatch
+) -> None:
+    stage = batched_stage
     sizes = [(300, 300), (300, 500), (500, 300), (400, 400), (240, 400), (280, 280), (550, 330)]
     rows = [image_row(f"k{i}", h, w, seed=i) for i, (h, w) in enumerate(sizes)]
     buckets = Counter((row["bucket_h"], row["bucket_w"]) for row in rows)
     assert buckets == {(256, 256): 3, (192, 320): 2, (320, 192): 2}
     references = [
-        one_image_reference(stage, Image.open(io.BytesIO(row["image"])), (row["bucket_h"], row["bucket_w"]))
+        one_image_reference(reference_vae, Image.open(io.BytesIO(row["image"])), (row["bucket_h"], row["bucket_w"]))
         for row in rows
     ]
     batch_shapes = spy_on_encode(stage, monkeypatch)
@@ -159,21 +210,68 @@ def test_batched_latents_equal_one_image_encodes_across_three_buckets(stage: VAE
         np.testing.assert_allclose(stored.astype(np.float32), expected, rtol=RTOL, atol=ATOL)
 
 
-def spy_on_encode(stage: VAEStage, monkeypatch) -> list[tuple[int, ...]]:
+def test_on_cpu_every_3x3_stride_1_convolution_is_winograd_unless_turned_off(
+    stage: VAEStage, direct_stage: VAEStage, reference_vae
+) -> None:
+    convs = [m for m in reference_vae.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    eligible = [m for m in convs if m.kernel_size == (3, 3) and m.stride == (1, 1)]
+    assert 0 < len(eligible) < len(convs)  # the downsamplers' stride-2 convolutions stay direct
+
+    assert stage.winograd_layers == len(eligible) and not stage.channels_last
+    kinds = Counter(type(m).__name__ for m in stage.vae.encoder.modules() if isinstance(m, torch.nn.Conv2d))
+    assert kinds == {"WinogradConv2d": len(eligible), "Conv2d": len(convs) - len(eligible)}
+    assert direct_stage.winograd_layers == 0 and direct_stage.channels_last
+    assert all(
+        type(m) is torch.nn.Conv2d for m in direct_stage.vae.encoder.modules() if isinstance(m, torch.nn.Conv2d)
+    )
+    assert direct_stage.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def spy_on_encode(stage: VAEStage, monkeypatch, threads: list | None = None) -> list[tuple[int, ...]]:
+    """Records each encode call's input shape (and, if given, the calling thread and its torch threads)."""
     shapes: list[tuple[int, ...]] = []
     original = stage.vae.encode
 
     def recording_encode(x, *args, **kwargs):
         shapes.append(tuple(x.shape))
+        if threads is not None:
+            threads.append((threading.get_ident(), torch.get_num_threads()))
         return original(x, *args, **kwargs)
 
     monkeypatch.setattr(stage.vae, "encode", recording_encode)
     return shapes
 
 
-def test_the_stage_never_decodes_the_encoded_image(stage: VAEStage, monkeypatch) -> None:
+def test_on_cpu_each_image_is_encoded_alone_on_a_single_threaded_pool_thread(
+    parallel_stage: VAEStage, reference_vae, monkeypatch
+) -> None:
+    sizes = [(300, 300), (300, 500), (500, 300), (400, 400), (240, 400), (280, 280)]
+    rows = [image_row(f"k{i}", h, w, seed=i) for i, (h, w) in enumerate(sizes)]
+    references = [
+        one_image_reference(reference_vae, Image.open(io.BytesIO(row["image"])), (row["bucket_h"], row["bucket_w"]))
+        for row in rows
+    ]
+    calls: list[tuple[int, int]] = []
+    shapes = spy_on_encode(parallel_stage, monkeypatch, calls)
+    parallel_stage.metrics.take()
+
+    parallel_stage.process_batch(rows)
+
+    assert sorted(shapes) == sorted((1, 3, row["bucket_h"], row["bucket_w"]) for row in rows)
+    assert {torch_threads for _, torch_threads in calls} == {1}
+    assert threading.get_ident() not in {thread for thread, _ in calls}
+    for row, expected in zip(rows, references, strict=True):
+        assert row["status"] == OK and row["vae_pixels"] is None
+        np.testing.assert_allclose(load_npy(row["vae"]).astype(np.float32), expected, rtol=RTOL, atol=ATOL)
+    figures = parallel_stage.metrics.take()
+    expected_flops = sum(vae_flops(parallel_stage.vae.config, (1, 3, r["bucket_h"], r["bucket_w"])) for r in rows)
+    assert figures["model_calls"] == 1  # one record for the whole pass: its wall time, every image's FLOPs
+    assert figures["model_flops"] == pytest.approx(expected_flops)
+
+
+def test_the_stage_never_decodes_the_encoded_image(any_stage: VAEStage, reference_vae, monkeypatch) -> None:
     rows = [image_row(k, 300, 300, seed=i) for i, k in enumerate("ab")]
-    expected = [one_image_reference(stage, noise_image(300, 300, seed=i), (256, 256)) for i in range(2)]
+    expected = [one_image_reference(reference_vae, noise_image(300, 300, seed=i), (256, 256)) for i in range(2)]
     for row in rows:
         row["image"] = b"not an image: only the prepared pixels may be used"
 
@@ -181,28 +279,28 @@ def test_the_stage_never_decodes_the_encoded_image(stage: VAEStage, monkeypatch)
         raise AssertionError("the VAE stage opened an encoded image")
 
     monkeypatch.setattr(Image, "open", no_decoding)
-    stage.process_batch(rows)
+    any_stage.process_batch(rows)
 
     for row, reference in zip(rows, expected, strict=True):
         assert row["status"] == OK
         np.testing.assert_allclose(load_npy(row["vae"]).astype(np.float32), reference, rtol=RTOL, atol=ATOL)
 
 
-def test_prepared_pixels_leave_the_row_once_encoded(stage: VAEStage) -> None:
+def test_prepared_pixels_leave_the_row_once_encoded(any_stage: VAEStage) -> None:
     row = image_row("a", 300, 400)
 
-    stage.process_batch([row])
+    any_stage.process_batch([row])
 
     assert row["status"] == OK and row["vae"] is not None
     assert row["vae_pixels"] is None and row["vae_shape"] is None
 
 
-def test_a_row_with_missing_or_misshaped_pixels_fails_alone(stage: VAEStage) -> None:
+def test_a_row_with_missing_or_misshaped_pixels_fails_alone(any_stage: VAEStage) -> None:
     good, liar, missing, other = (image_row(k, 300, 300, seed=i) for i, k in enumerate(["a", "b", "c", "d"]))
     put_pixels(liar, "vae", np.zeros((256, 248, 3), np.uint8))
     missing["vae_pixels"] = None
 
-    stage.process_batch([good, liar, missing, other])
+    any_stage.process_batch([good, liar, missing, other])
 
     assert [row["status"] for row in (good, liar, missing, other)] == [OK, FAILED, FAILED, OK]
     assert liar["stage"] == "vae" and "256x248" in liar["detail"]

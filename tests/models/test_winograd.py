@@ -1,0 +1,107 @@
+"""Winograd 3×3 convolutions through NNPACK: same outputs as the direct convolution, only where eligible."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from curation.models.winograd import WinogradConv2d, nnpack_available, use_winograd_convolutions
+
+pytestmark = pytest.mark.skipif(not nnpack_available(), reason="this torch build has no NNPACK for this CPU")
+
+
+def direct(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """The reference: float64 direct convolution with the layer's own parameters."""
+    bias = None if conv.bias is None else conv.bias.double()
+    return nn.functional.conv2d(x.double(), conv.weight.double(), bias, conv.stride, conv.padding).detach()
+
+
+@pytest.mark.parametrize(
+    ("in_channels", "out_channels", "padding", "bias", "size"),
+    [
+        (3, 16, 1, True, (40, 56)),
+        (32, 24, 1, False, (17, 9)),
+        (8, 8, 0, True, (12, 12)),
+        (16, 16, (1, 0), True, (8, 20)),
+    ],
+)
+def test_inference_equals_the_direct_convolution(in_channels, out_channels, padding, bias, size) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(in_channels, out_channels, 3, padding=padding, bias=bias)
+    x = torch.randn(2, in_channels, *size)
+    expected = direct(conv, x)
+
+    assert use_winograd_convolutions(conv) == 1
+    assert type(conv) is WinogradConv2d
+    with torch.inference_mode():
+        got = conv(x)
+
+    assert got.shape == expected.shape
+    # Winograd's transforms round differently: up to ~5e-6 of the output scale (direct fp32: ~5e-7)
+    torch.testing.assert_close(got.double(), expected, rtol=0, atol=2e-5 * float(expected.abs().max()))
+
+
+def test_nnpack_runs_in_inference_and_the_direct_method_while_autograd_records(monkeypatch) -> None:
+    conv = nn.Conv2d(4, 4, 3, padding=1)
+    use_winograd_convolutions(conv)
+    calls = []
+    nnpack = torch._nnpack_spatial_convolution
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *args: calls.append(1) or nnpack(*args))
+    x = torch.randn(1, 4, 10, 10)
+
+    with torch.no_grad():
+        conv(x)
+    assert calls == [1]
+    out = conv(x)  # autograd on: the plain Conv2d path, so gradients exist
+    out.sum().backward()
+    assert calls == [1] and conv.weight.grad is not None
+    torch.testing.assert_close(out.detach(), nn.functional.conv2d(x, conv.weight, conv.bias, padding=1))
+
+
+def test_a_batch_runs_one_image_per_nnpack_call(monkeypatch) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    use_winograd_convolutions(conv)
+    shapes = []
+    nnpack = torch._nnpack_spatial_convolution
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda x, *a: shapes.append(x.shape) or nnpack(x, *a))
+    x = torch.randn(3, 4, 11, 13)
+
+    with torch.inference_mode():
+        got = conv(x)
+
+    assert shapes == [(1, 4, 11, 13)] * 3
+    torch.testing.assert_close(got.double(), direct(conv, x), rtol=0, atol=2e-5 * float(direct(conv, x).abs().max()))
+
+
+def test_only_eligible_layers_change() -> None:
+    eligible = nn.Conv2d(4, 4, 3, padding=1)
+    others = [
+        nn.Conv2d(4, 4, 3, stride=2),
+        nn.Conv2d(4, 4, 1),
+        nn.Conv2d(4, 4, 3, groups=2, padding=1),
+        nn.Conv2d(4, 4, 3, dilation=2, padding=2),
+        nn.Conv2d(4, 4, 3, padding="same"),
+        nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),
+        nn.Conv2d(4, 4, 5, padding=2),
+        nn.Linear(4, 4),
+    ]
+    model = nn.Sequential(eligible, *others)
+
+    assert use_winograd_convolutions(model) == 1
+    assert type(eligible) is WinogradConv2d
+    assert [type(m) for m in others] == [nn.Conv2d] * 7 + [nn.Linear]
+
+
+def test_a_channels_last_weight_falls_back_to_the_direct_method(monkeypatch) -> None:
+    conv = nn.Conv2d(4, 8, 3, padding=1)
+    use_winograd_convolutions(conv)
+    conv.to(memory_format=torch.channels_last)  # NNPACK would read these strides as OIHW
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *args: pytest.fail("NNPACK got a NHWC weight"))
+    x = torch.randn(1, 4, 9, 9)
+
+    with torch.inference_mode():
+        got = conv(x)
+
+    torch.testing.assert_close(got.double(), direct(conv, x), rtol=1e-5, atol=1e-5)
