@@ -20,10 +20,10 @@ def direct(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize(
     ("in_channels", "out_channels", "padding", "bias", "size"),
     [
-        (3, 16, 1, True, (40, 56)),
-        (32, 24, 1, False, (17, 9)),
-        (8, 8, 0, True, (12, 12)),
-        (16, 16, (1, 0), True, (8, 20)),
+        (64, 64, 1, True, (40, 56)),
+        (96, 64, 1, False, (33, 31)),
+        (64, 80, 0, True, (34, 34)),
+        (64, 64, (1, 0), True, (32, 40)),
     ],
 )
 def test_inference_equals_the_direct_convolution(in_channels, out_channels, padding, bias, size) -> None:
@@ -43,12 +43,12 @@ def test_inference_equals_the_direct_convolution(in_channels, out_channels, padd
 
 
 def test_nnpack_runs_in_inference_and_the_direct_method_while_autograd_records(monkeypatch) -> None:
-    conv = nn.Conv2d(4, 4, 3, padding=1)
+    conv = nn.Conv2d(64, 64, 3, padding=1)
     use_winograd_convolutions(conv)
     calls = []
     nnpack = torch._nnpack_spatial_convolution
     monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *args: calls.append(1) or nnpack(*args))
-    x = torch.randn(1, 4, 10, 10)
+    x = torch.randn(1, 64, 32, 32)
 
     with torch.no_grad():
         conv(x)
@@ -61,47 +61,61 @@ def test_nnpack_runs_in_inference_and_the_direct_method_while_autograd_records(m
 
 def test_a_batch_runs_one_image_per_nnpack_call(monkeypatch) -> None:
     torch.manual_seed(0)
-    conv = nn.Conv2d(4, 6, 3, padding=1)
+    conv = nn.Conv2d(64, 72, 3, padding=1)
     use_winograd_convolutions(conv)
     shapes = []
     nnpack = torch._nnpack_spatial_convolution
     monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda x, *a: shapes.append(x.shape) or nnpack(x, *a))
-    x = torch.randn(3, 4, 11, 13)
+    x = torch.randn(3, 64, 32, 33)
 
     with torch.inference_mode():
         got = conv(x)
 
-    assert shapes == [(1, 4, 11, 13)] * 3
+    assert shapes == [(1, 64, 32, 33)] * 3
     torch.testing.assert_close(got.double(), direct(conv, x), rtol=0, atol=2e-5 * float(direct(conv, x).abs().max()))
 
 
-def test_only_eligible_layers_change() -> None:
-    eligible = nn.Conv2d(4, 4, 3, padding=1)
+def test_only_wide_3x3_stride_1_layers_change() -> None:
+    eligible = nn.Conv2d(64, 64, 3, padding=1)
     others = [
-        nn.Conv2d(4, 4, 3, stride=2),
-        nn.Conv2d(4, 4, 1),
-        nn.Conv2d(4, 4, 3, groups=2, padding=1),
-        nn.Conv2d(4, 4, 3, dilation=2, padding=2),
-        nn.Conv2d(4, 4, 3, padding="same"),
-        nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),
-        nn.Conv2d(4, 4, 5, padding=2),
+        nn.Conv2d(64, 64, 3, stride=2),
+        nn.Conv2d(64, 64, 1),
+        nn.Conv2d(64, 64, 3, groups=2, padding=1),
+        nn.Conv2d(64, 64, 3, dilation=2, padding=2),
+        nn.Conv2d(64, 64, 3, padding="same"),
+        nn.Conv2d(64, 64, 3, padding=1, padding_mode="reflect"),
+        nn.Conv2d(64, 64, 5, padding=2),
+        nn.Conv2d(3, 64, 3, padding=1),  # narrow: oneDNN's direct method is faster
+        nn.Conv2d(64, 32, 3, padding=1),
         nn.Linear(4, 4),
     ]
     model = nn.Sequential(eligible, *others)
 
     assert use_winograd_convolutions(model) == 1
     assert type(eligible) is WinogradConv2d
-    assert [type(m) for m in others] == [nn.Conv2d] * 7 + [nn.Linear]
+    assert [type(m) for m in others] == [nn.Conv2d] * 9 + [nn.Linear]
 
 
-def test_a_channels_last_weight_falls_back_to_the_direct_method(monkeypatch) -> None:
-    conv = nn.Conv2d(4, 8, 3, padding=1)
+def test_small_maps_take_the_direct_method(monkeypatch) -> None:
+    conv = nn.Conv2d(64, 64, 3, padding=1)
     use_winograd_convolutions(conv)
-    conv.to(memory_format=torch.channels_last)  # NNPACK would read these strides as OIHW
-    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *args: pytest.fail("NNPACK got a NHWC weight"))
-    x = torch.randn(1, 4, 9, 9)
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *args: pytest.fail("NNPACK on a 16x63 map"))
+    x = torch.randn(1, 64, 16, 63)  # 1008 pixels < 32 x 32
 
     with torch.inference_mode():
         got = conv(x)
 
-    torch.testing.assert_close(got.double(), direct(conv, x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.double(), direct(conv, x), rtol=1e-5, atol=1e-4)
+
+
+def test_a_channels_last_weight_falls_back_to_the_direct_method(monkeypatch) -> None:
+    conv = nn.Conv2d(64, 64, 3, padding=1)
+    use_winograd_convolutions(conv)
+    conv.to(memory_format=torch.channels_last)  # NNPACK would read these strides as OIHW
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *args: pytest.fail("NNPACK got a NHWC weight"))
+    x = torch.randn(1, 64, 32, 32)
+
+    with torch.inference_mode():
+        got = conv(x)
+
+    torch.testing.assert_close(got.double(), direct(conv, x), rtol=1e-5, atol=1e-4)

@@ -69,24 +69,11 @@ def reference_vae(tiny_models: Path):
 
 @pytest.fixture(scope="module")
 def stage(tiny_models: Path) -> VAEStage:
-    """The batched path (what a GPU actor runs), on CPU, with the CPU's Winograd convolutions."""
+    """The batched path (what a GPU actor runs), on CPU."""
     vae = VAEStage(vae_config(tiny_models, image_parallel=False))
     vae.setup()
     assert vae.image_threads is None
     return vae
-
-
-@pytest.fixture(scope="module")
-def direct_stage(tiny_models: Path) -> VAEStage:
-    """The batched path with oneDNN's direct convolutions, channels_last (cpu_winograd off)."""
-    vae = VAEStage(vae_config(tiny_models, image_parallel=False, winograd=False))
-    vae.setup()
-    return vae
-
-
-@pytest.fixture(params=["winograd", "direct"])
-def batched_stage(request) -> VAEStage:
-    return request.getfixturevalue("stage" if request.param == "winograd" else "direct_stage")
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +90,7 @@ def parallel_stage(tiny_models: Path) -> VAEStage:
     return vae
 
 
-@pytest.fixture(params=["stage", "direct_stage", "parallel_stage"])
+@pytest.fixture(params=["stage", "parallel_stage"])
 def any_stage(request) -> VAEStage:
     return request.getfixturevalue(request.param)
 
@@ -184,9 +171,8 @@ def test_every_bucket_gets_its_exact_size_from_many_image_sizes() -> None:
 
 
 def test_batched_latents_equal_one_image_encodes_across_three_buckets(
-    batched_stage: VAEStage, reference_vae, monkeypatch
+    stage: VAEStage, reference_vae, monkeypatch
 ) -> None:
-    stage = batched_stage
     sizes = [(300, 300), (300, 500), (500, 300), (400, 400), (240, 400), (280, 280), (550, 330)]
     rows = [image_row(f"k{i}", h, w, seed=i) for i, (h, w) in enumerate(sizes)]
     buckets = Counter((row["bucket_h"], row["bucket_w"]) for row in rows)
@@ -210,21 +196,78 @@ def test_batched_latents_equal_one_image_encodes_across_three_buckets(
         np.testing.assert_allclose(stored.astype(np.float32), expected, rtol=RTOL, atol=ATOL)
 
 
-def test_on_cpu_every_3x3_stride_1_convolution_is_winograd_unless_turned_off(
-    stage: VAEStage, direct_stage: VAEStage, reference_vae
-) -> None:
-    convs = [m for m in reference_vae.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
-    eligible = [m for m in convs if m.kernel_size == (3, 3) and m.stride == (1, 1)]
-    assert 0 < len(eligible) < len(convs)  # the downsamplers' stride-2 convolutions stay direct
+@pytest.fixture(scope="module")
+def wide_vae_dir(tmp_path_factory) -> Path:
+    """A VAE with 64-channel levels: wide enough for the Winograd layers (the tiny one has 8-16 channels)."""
+    from diffusers import AutoencoderKL
 
-    assert stage.winograd_layers == len(eligible) and not stage.channels_last
-    kinds = Counter(type(m).__name__ for m in stage.vae.encoder.modules() if isinstance(m, torch.nn.Conv2d))
-    assert kinds == {"WinogradConv2d": len(eligible), "Conv2d": len(convs) - len(eligible)}
-    assert direct_stage.winograd_layers == 0 and direct_stage.channels_last
-    assert all(
-        type(m) is torch.nn.Conv2d for m in direct_stage.vae.encoder.modules() if isinstance(m, torch.nn.Conv2d)
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("wide_vae")
+    blocks = ("DownEncoderBlock2D",) * 2
+    AutoencoderKL(
+        block_out_channels=(64, 64), down_block_types=blocks, up_block_types=("UpDecoderBlock2D",) * 2
+    ).save_pretrained(directory)
+    return directory
+
+
+def wide_stage(directory: Path, winograd: bool = True, image_parallel: bool = False) -> VAEStage:
+    model = ModelRef(path=str(directory), device="cpu", dtype="float32")
+    config = VAEConfig(
+        model=model,
+        resources=Resources(batch_size=2),
+        aspect_ratios=BASE_SIZE,
+        cpu_winograd=winograd,
+        cpu_image_parallel=image_parallel,
     )
-    assert direct_stage.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    stage = VAEStage(config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the image-parallel pool takes its size from the torch threads
+    try:
+        stage.setup()
+    finally:
+        torch.set_num_threads(threads)
+    return stage
+
+
+@pytest.mark.parametrize("image_parallel", [False, True])
+def test_wide_3x3_layers_run_winograd_and_give_the_direct_latents(
+    wide_vae_dir: Path, image_parallel: bool, monkeypatch
+) -> None:
+    from diffusers import AutoencoderKL
+
+    reference = AutoencoderKL.from_pretrained(wide_vae_dir).eval()
+    convs = [m for m in reference.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    wide = [
+        m for m in convs if m.kernel_size == (3, 3) and m.stride == (1, 1) and min(m.in_channels, m.out_channels) >= 64
+    ]
+    rows = [image_row(f"w{i}", h, w, seed=i) for i, (h, w) in enumerate([(300, 300), (300, 500), (500, 300)])]
+    expected = [
+        one_image_reference(reference, Image.open(io.BytesIO(r["image"])), (r["bucket_h"], r["bucket_w"]))
+        for r in rows
+    ]
+    nnpack_calls = []
+    nnpack = torch._nnpack_spatial_convolution
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *a: nnpack_calls.append(1) or nnpack(*a))
+
+    stage = wide_stage(wide_vae_dir, image_parallel=image_parallel)
+    stage.process_batch(rows)
+
+    assert 0 < len(wide) < len(convs)  # conv_in (3 channels), conv_out (8), the stride-2 downsampler: direct
+    assert stage.winograd_layers == len(wide) and not stage.channels_last
+    assert (stage.image_threads is not None) == image_parallel
+    assert len(nnpack_calls) >= len(wide) * len(rows)  # every wide layer, every image (maps >= 32x32 here)
+    for row, reference_latents in zip(rows, expected, strict=True):
+        assert row["status"] == OK
+        np.testing.assert_allclose(load_npy(row["vae"]).astype(np.float32), reference_latents, rtol=RTOL, atol=ATOL)
+
+
+def test_winograd_off_or_narrow_layers_keep_onednn_channels_last(wide_vae_dir: Path, stage: VAEStage) -> None:
+    direct = wide_stage(wide_vae_dir, winograd=False)
+    assert direct.winograd_layers == 0 and direct.channels_last
+    assert direct.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert stage.winograd_layers == 0 and stage.channels_last  # the tiny VAE: 8-16 channels
+    for vae in (direct.vae, stage.vae):
+        assert all(type(m) is torch.nn.Conv2d for m in vae.encoder.modules() if isinstance(m, torch.nn.Conv2d))
 
 
 def spy_on_encode(stage: VAEStage, monkeypatch, threads: list | None = None) -> list[tuple[int, ...]]:
