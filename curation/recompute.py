@@ -37,7 +37,7 @@ import numpy as np
 
 from curation.config import ModelRef, RunConfig, parse_config
 from curation.io.layout import IMAGE_EXTS, SHARDS_DIR, filesystem, iter_tar_samples, load_npy, read_index, read_json
-from curation.models.loading import provenance
+from curation.models.loading import provenance, stage_models
 
 FP32_TOLERANCE = 2e-3
 LOW_PRECISION_TOLERANCE = 0.1
@@ -176,13 +176,10 @@ def _on_cpu(ref: ModelRef) -> ModelRef:
 
 def changed_models(manifest: dict[str, Any], config: RunConfig) -> list[str]:
     """Models whose local weights are missing or differ from what the build recorded: no re-encode then."""
-    t5 = config.t5
-    current = {
-        "t5": (t5.model, [t5.tokenizer_subfolder, t5.encoder_subfolder]),
-        "vae": (config.vae.model, None),
-    }
+    models = stage_models(config)
     problems = []
-    for name, (ref, subfolders) in current.items():
+    for name in ("t5", "vae"):  # what verify re-encodes
+        ref, subfolders = models[name]
         recorded = (manifest.get("models") or {}).get(name) or {}
         if "weights_sha256_sampled" not in recorded:
             continue  # a hub model: its revision is what from_pretrained loads

@@ -128,14 +128,19 @@ def resolve_numerics(config: RunConfig, cluster_gpus: float) -> RunConfig:
     return config.model_copy(update=updates) if updates else config
 
 
+def stage_models(config: RunConfig) -> dict[str, tuple[ModelRef, list[str | None] | None]]:
+    """The caption, T5 and VAE models with the subfolders their provenance covers (T5: tokenizer + encoder)."""
+    t5 = config.t5
+    return {
+        "caption": (config.caption.model, None),
+        "t5": (t5.model, [t5.tokenizer_subfolder, t5.encoder_subfolder]),
+        "vae": (config.vae.model, None),
+    }
+
+
 def model_records(config: RunConfig) -> dict[str, dict[str, Any]]:
     """``manifest.models``: ``provenance`` of every model the run loads, {caption, t5, vae, scorers.<role>}."""
-    t5 = config.t5
-    records = {
-        "caption": provenance(config.caption.model),
-        "t5": provenance(t5.model, [t5.tokenizer_subfolder, t5.encoder_subfolder]),
-        "vae": provenance(config.vae.model),
-    }
+    records = {name: provenance(ref, subfolders) for name, (ref, subfolders) in stage_models(config).items()}
     from curation.models.wrappers import model_provenance  # wrappers imports this module
 
     for role, ref in config.scorers.model_refs().items():
