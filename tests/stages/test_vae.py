@@ -15,6 +15,7 @@ from PIL import Image
 from curation.buckets import bucket_for
 from curation.config import ModelRef, Resources, VAEConfig
 from curation.io.layout import load_npy
+from curation.models.winograd import nnpack_available
 from curation.records import FAILED, OK, new_row, put_pixels
 from curation.stages.prepare import bucket_crop
 from curation.stages.vae import VAEStage, bucket_pixels, center_crop_box, cover_size, vae_flops
@@ -229,6 +230,7 @@ def wide_stage(directory: Path, winograd: bool = True, image_parallel: bool = Fa
     return stage
 
 
+@pytest.mark.skipif(not nnpack_available(), reason="this torch build has no NNPACK for this CPU")
 @pytest.mark.parametrize("image_parallel", [False, True])
 def test_wide_3x3_layers_run_winograd_and_give_the_direct_latents(
     wide_vae_dir: Path, image_parallel: bool, monkeypatch
