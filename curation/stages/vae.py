@@ -19,8 +19,8 @@ from curation.config import VAEConfig
 from curation.io.layout import npy_bytes
 from curation.models.winograd import use_winograd_convolutions
 from curation.models.wrappers import load_pretrained
-from curation.records import Row, drop_pixels, get_pixels
-from curation.stages.base import Stage, mark_error
+from curation.records import Row, drop_pixels, get_pixels, is_ok
+from curation.stages.base import Stage
 from curation.stages.prepare import bucket_crop, center_crop_box, cover_size  # noqa: F401  (re-exported)
 
 
@@ -98,15 +98,18 @@ class VAEStage(Stage):
         """uint8 [B, h, w, 3] → moments; the uint8 batch (4x smaller than float) is what crosses to the device."""
         if self.vae is None:
             self.setup()
+        return self._encode(self._normalised_on_device(pixels))
+
+    def _normalised_on_device(self, pixels: np.ndarray) -> torch.Tensor:
         batch = torch.from_numpy(pixels)
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
-        return self._encode(normalise(batch).to(self.dtype))
+        return normalise(batch).to(self.dtype)
 
     def _encode(self, pixels: torch.Tensor) -> np.ndarray:
         started = time.perf_counter()
         moments = self._moments(pixels)
-        self.metrics.add_model_time(time.perf_counter() - started, self._flops(pixels))
+        self.metrics.add_model_time(time.perf_counter() - started, self._flops(pixels.shape))
         return moments
 
     @torch.inference_mode()
@@ -115,8 +118,8 @@ class VAEStage(Stage):
         posterior = self.vae.encode(pixels.contiguous(memory_format=layout)).latent_dist
         return torch.cat([posterior.mean, posterior.std], dim=1).float().cpu().numpy().astype(np.float16)
 
-    def _flops(self, pixels: torch.Tensor) -> float | None:
-        return self.metrics.count_flops(lambda: vae_flops(self.vae.config, pixels.shape))
+    def _flops(self, shape: tuple[int, ...]) -> float | None:
+        return self.metrics.count_flops(lambda: vae_flops(self.vae.config, shape))
 
     def process_rows(self, rows: list[Row]) -> None:
         if self.vae is None:
@@ -137,19 +140,15 @@ class VAEStage(Stage):
     def _encode_images_in_parallel(self, rows: list[Row]) -> None:
         """The CPU path: images spread over the pool's threads; one model-time record for the whole pass."""
         started = time.perf_counter()
-        flops = list(self.image_threads.map(self._encode_alone, rows))
-        known = None if None in flops else sum(flops)
-        self.metrics.add_model_time(time.perf_counter() - started, known)
+        list(self.image_threads.map(self.run_isolated, rows))
+        seconds = time.perf_counter() - started
+        flops = [self._flops((1, 3, row["bucket_h"], row["bucket_w"])) for row in rows if is_ok(row)]
+        self.metrics.add_model_time(seconds, None if None in flops else sum(flops))
 
-    def _encode_alone(self, row: Row) -> float | None:
-        """Encode one row in a pool thread; returns its FLOPs (0 if it failed, marked on the row)."""
-        try:
-            pixels = normalise(torch.from_numpy(np.stack([self._bucket_input(row)]))).to(self.dtype)
-            row["vae"] = npy_bytes(self._moments(pixels)[0])
-        except Exception as error:  # one bad sample must not end the job
-            mark_error(row, self.name, error)
-            return 0.0
-        return self.metrics.count_flops(lambda: vae_flops(self.vae.config, pixels.shape))
+    def process_row(self, row: Row) -> None:
+        """One image alone (the CPU path, on a pool thread); ``run_isolated`` marks a failure on the row."""
+        pixels = self._normalised_on_device(np.stack([self._bucket_input(row)]))
+        row["vae"] = npy_bytes(self._moments(pixels)[0])
 
     def _encode_rows(self, rows: list[Row]) -> None:
         """One ``vae.encode`` call for rows that all share a bucket."""
