@@ -16,7 +16,7 @@ import functools
 import io
 import json
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -210,17 +210,19 @@ def bench_vae(
     )
 
 
-def sweep_settings(several_threads: bool) -> dict[str, dict]:
-    """The CPU configurations the stage can take: convolution method x memory layout x how images share cores."""
-    settings = {}
-    for method, layouts in (("winograd", [False]), ("direct", [False, True])):
-        for channels_last in layouts:
-            name = method if method == "winograd" else ("channels_last" if channels_last else "contiguous")
-            base = dict(cpu_winograd=method == "winograd", channels_last=channels_last)
-            settings[name] = dict(base, cpu_image_parallel=False)
-            if several_threads:
-                settings[f"{name}_image_parallel"] = dict(base, cpu_image_parallel=True)
-    return settings
+# Convolution method and memory layout of each swept configuration: (cpu_winograd, channels_last).
+SWEPT_LAYOUTS = {"winograd": (True, False), "contiguous": (False, False), "channels_last": (False, True)}
+
+
+def sweep_sides(batch_sizes: list[int], several_threads: bool) -> Iterator[tuple[str, int, dict]]:
+    """(side name, micro-batch, ``VAEConfig`` settings) of every CPU configuration the stage can take: each
+    layout batched at every micro-batch, and (with several threads) one single-threaded image per thread."""
+    for name, (winograd, channels_last) in SWEPT_LAYOUTS.items():
+        layout = dict(cpu_winograd=winograd, channels_last=channels_last)
+        for batch_size in batch_sizes:
+            yield f"{name}_bs{batch_size}", batch_size, dict(layout, cpu_image_parallel=False)
+        if several_threads:
+            yield f"{name}_image_parallel", 1, dict(layout, cpu_image_parallel=True)
 
 
 def sweep(
@@ -230,10 +232,8 @@ def sweep(
     one-at-a-time baseline, same run."""
     rows = bucket_rows(images, square=square)
     builds = {"one_at_a_time": functools.partial(baseline_side, model_dir, rows, device)}
-    for name, settings in sweep_settings(threads > 1).items():
-        for batch_size in [1] if settings.get("cpu_image_parallel") else batch_sizes:
-            side = f"{name}_bs{batch_size}" if not settings.get("cpu_image_parallel") else name
-            builds[side] = functools.partial(stage_side, model_dir, rows, device, batch_size, **settings)
+    for side, batch_size, settings in sweep_sides(batch_sizes, threads > 1):
+        builds[side] = functools.partial(stage_side, model_dir, rows, device, batch_size, **settings)
     seconds, runs, outputs = run_sides(builds, repeats, threads)
     reference = outputs["one_at_a_time"]
     wall = {name: statistics.median(r["wall"]) for name, r in runs.items()}
