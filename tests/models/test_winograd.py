@@ -42,20 +42,26 @@ def test_inference_equals_the_direct_convolution(in_channels, out_channels, padd
     torch.testing.assert_close(got.double(), expected, rtol=0, atol=2e-5 * float(expected.abs().max()))
 
 
+def nnpack_inputs(monkeypatch) -> list[torch.Size]:
+    """The input shape of every NNPACK call from now on (the calls still run)."""
+    shapes = []
+    nnpack = torch._nnpack_spatial_convolution
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda x, *a: shapes.append(x.shape) or nnpack(x, *a))
+    return shapes
+
+
 def test_nnpack_runs_in_inference_and_the_direct_method_while_autograd_records(monkeypatch) -> None:
     conv = nn.Conv2d(64, 64, 3, padding=1)
     use_winograd_convolutions(conv)
-    calls = []
-    nnpack = torch._nnpack_spatial_convolution
-    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *args: calls.append(1) or nnpack(*args))
+    calls = nnpack_inputs(monkeypatch)
     x = torch.randn(1, 64, 32, 32)
 
     with torch.no_grad():
         conv(x)
-    assert calls == [1]
+    assert calls == [x.shape]
     out = conv(x)  # autograd on: the plain Conv2d path, so gradients exist
     out.sum().backward()
-    assert calls == [1] and conv.weight.grad is not None
+    assert calls == [x.shape] and conv.weight.grad is not None
     torch.testing.assert_close(out.detach(), nn.functional.conv2d(x, conv.weight, conv.bias, padding=1))
 
 
@@ -63,9 +69,7 @@ def test_a_batch_runs_one_image_per_nnpack_call(monkeypatch) -> None:
     torch.manual_seed(0)
     conv = nn.Conv2d(64, 72, 3, padding=1)
     use_winograd_convolutions(conv)
-    shapes = []
-    nnpack = torch._nnpack_spatial_convolution
-    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda x, *a: shapes.append(x.shape) or nnpack(x, *a))
+    shapes = nnpack_inputs(monkeypatch)
     x = torch.randn(3, 64, 32, 33)
 
     with torch.inference_mode():

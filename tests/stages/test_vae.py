@@ -50,14 +50,28 @@ def normalised(image: Image.Image) -> np.ndarray:
     return (np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255 - 0.5) / 0.5
 
 
-def vae_config(tiny_models: Path, image_parallel: bool, winograd: bool = True) -> VAEConfig:
-    return VAEConfig(
-        model=ModelRef(path=str(tiny_models / "pixart_sigma"), subfolder="vae", device="cpu", dtype="float32"),
+def set_up_stage(model: ModelRef, image_parallel: bool, winograd: bool = True) -> VAEStage:
+    """``VAEStage.setup`` as in an actor given 2 CPUs (the image-parallel pool takes its size from torch's
+    threads), the process's own thread count restored afterwards."""
+    config = VAEConfig(
+        model=model,
         resources=Resources(batch_size=2),
         aspect_ratios=BASE_SIZE,
         cpu_image_parallel=image_parallel,
         cpu_winograd=winograd,
     )
+    stage = VAEStage(config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        stage.setup()
+    finally:
+        torch.set_num_threads(threads)
+    return stage
+
+
+def tiny_vae(tiny_models: Path) -> ModelRef:
+    return ModelRef(path=str(tiny_models / "pixart_sigma"), subfolder="vae", device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +85,7 @@ def reference_vae(tiny_models: Path):
 @pytest.fixture(scope="module")
 def stage(tiny_models: Path) -> VAEStage:
     """The batched path (what a GPU actor runs), on CPU."""
-    vae = VAEStage(vae_config(tiny_models, image_parallel=False))
-    vae.setup()
+    vae = set_up_stage(tiny_vae(tiny_models), image_parallel=False)
     assert vae.image_threads is None
     return vae
 
@@ -80,13 +93,7 @@ def stage(tiny_models: Path) -> VAEStage:
 @pytest.fixture(scope="module")
 def parallel_stage(tiny_models: Path) -> VAEStage:
     """The CPU path of an actor with 2 torch threads: one single-threaded encode per thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        vae = VAEStage(vae_config(tiny_models, image_parallel=True))
-        vae.setup()
-    finally:
-        torch.set_num_threads(threads)
+    vae = set_up_stage(tiny_vae(tiny_models), image_parallel=True)
     assert vae.image_threads is not None and vae.image_threads._max_workers == 2
     return vae
 
@@ -212,22 +219,7 @@ def wide_vae_dir(tmp_path_factory) -> Path:
 
 
 def wide_stage(directory: Path, winograd: bool = True, image_parallel: bool = False) -> VAEStage:
-    model = ModelRef(path=str(directory), device="cpu", dtype="float32")
-    config = VAEConfig(
-        model=model,
-        resources=Resources(batch_size=2),
-        aspect_ratios=BASE_SIZE,
-        cpu_winograd=winograd,
-        cpu_image_parallel=image_parallel,
-    )
-    stage = VAEStage(config)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # the image-parallel pool takes its size from the torch threads
-    try:
-        stage.setup()
-    finally:
-        torch.set_num_threads(threads)
-    return stage
+    return set_up_stage(ModelRef(path=str(directory), device="cpu", dtype="float32"), image_parallel, winograd)
 
 
 @pytest.mark.skipif(not nnpack_available(), reason="this torch build has no NNPACK for this CPU")
